@@ -1,0 +1,24 @@
+"""hf_debias: remove known biases from timm / Hugging Face image classifiers while fine-tuning."""
+
+__version__ = "0.1.0"
+
+from .config import DebiasConfig, available_methods  # noqa: E402
+from .layers import LayerInfo, find_classifier, list_layers, resolve_layer  # noqa: E402
+from .methods import EnDConfig  # noqa: E402
+from .model import DebiasModel, DebiasOutput, get_debias_model  # noqa: E402
+from . import functional  # noqa: E402
+
+__all__ = [
+    "DebiasConfig",
+    "DebiasModel",
+    "DebiasOutput",
+    "EnDConfig",
+    "LayerInfo",
+    "__version__",
+    "available_methods",
+    "find_classifier",
+    "functional",
+    "get_debias_model",
+    "list_layers",
+    "resolve_layer",
+]

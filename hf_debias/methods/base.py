@@ -1,0 +1,66 @@
+"""``DebiasMethod``: what a correction method contributes to a model — its hooks and its penalty."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from ..config import DebiasConfig
+
+_METHOD_CLASSES: dict[str, type[DebiasMethod]] = {}
+
+
+@dataclass
+class Penalty:
+    """A method's contribution to the loss: the weighted total and its named, unweighted parts for logging."""
+
+    total: torch.Tensor
+    terms: dict[str, torch.Tensor]
+
+
+class DebiasMethod:
+    """One method bound to one model. Subclasses set ``config_class`` and implement ``penalty``.
+
+    Lifecycle: ``__init__`` resolves layers and registers hooks, ``begin_forward`` runs before every forward,
+    ``penalty`` after it (training only), and ``remove`` takes every hook off again.
+    """
+
+    config_class: ClassVar[type[DebiasConfig]]
+    needs_bias_labels: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        _METHOD_CLASSES[cls.config_class.debias_method] = cls
+
+    def __init__(self, model: nn.Module, config: DebiasConfig):
+        self.model = model
+        self.config = config
+
+    @property
+    def alters_forward(self) -> bool:
+        """True when the method changes the model's outputs (not only its loss)."""
+        return False
+
+    def begin_forward(self) -> None:
+        """Prepare for a new forward pass (e.g. forget the last captured activation)."""
+
+    def penalty(self, *, logits: torch.Tensor, labels: torch.Tensor,
+                bias_labels: torch.Tensor | None) -> Penalty:
+        raise NotImplementedError
+
+    def remove(self) -> None:
+        """Take every hook off the model."""
+
+
+def method_class_for(config: DebiasConfig) -> type[DebiasMethod]:
+    """The registered method class for ``config``; raises ``ValueError`` listing the valid methods."""
+    if not isinstance(config, DebiasConfig):
+        raise ValueError(f"config must be a DebiasConfig such as EnDConfig, got {type(config).__name__}.")
+    try:
+        return _METHOD_CLASSES[config.debias_method]
+    except KeyError:
+        raise ValueError(f"No method registered for debias_method={config.debias_method!r}; "
+                         f"registered: {sorted(_METHOD_CLASSES)}.") from None

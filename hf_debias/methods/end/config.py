@@ -1,0 +1,41 @@
+"""``EnDConfig``: the hyper-parameters of EnD (Tartaglione et al., CVPR 2021)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from ..._validation import check_choice, check_non_negative
+from ...config import DebiasConfig
+from ...functional.end import PAIRINGS
+
+
+@dataclass
+class EnDConfig(DebiasConfig):
+    """EnD: ``loss = CE + alpha * r_ortho + beta * r_par`` on the bottleneck features.
+
+    Args:
+        layer: the bottleneck (see ``DebiasConfig``); by default the pooled features entering the classifier.
+        alpha: weight of the disentangling term (same-bias samples made orthogonal). >= 0.
+        beta: weight of the entangling term (same-class, different-bias samples made parallel). >= 0.
+        pairing: ``"all"`` (the paper's pair set) or ``"reference"`` (the official code's subset).
+        normalize_forward: put the L2 normalisation into the forward pass at the bottleneck, as the paper's
+            network does (the classifier then sees unit-norm features). ``False`` leaves the architecture
+            untouched and normalises only inside the penalty. The default is chosen from our Colour-Digits
+            benchmark (see README / BENCHMARKS.md).
+    """
+
+    debias_method: ClassVar[str] = "end"
+
+    alpha: float = 1.0
+    beta: float = 1.0
+    pairing: str = "all"
+    normalize_forward: bool = False
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.alpha = check_non_negative("alpha", self.alpha)
+        self.beta = check_non_negative("beta", self.beta)
+        check_choice("pairing", self.pairing, PAIRINGS)
+        if not isinstance(self.normalize_forward, bool):
+            raise ValueError(f"normalize_forward must be True or False, got {self.normalize_forward!r}.")

@@ -1,0 +1,130 @@
+"""``get_debias_model``: wrap any image classifier so that its loss carries a bias-correction penalty.
+
+The wrapper's ``forward(pixel_values, labels=None, bias_labels=None)`` has an explicit signature (no
+``**kwargs``), so ``transformers.Trainer`` keeps the ``bias_labels`` column and treats it as a label, and a
+plain PyTorch loop can call it directly.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers.utils import ModelOutput
+
+from ._validation import check_label_tensor
+from .config import DebiasConfig
+from .methods.base import method_class_for
+
+
+@dataclass
+class DebiasOutput(ModelOutput):
+    """What the wrapper returns.
+
+    Attributes:
+        loss: ``ce_loss + penalty`` in training mode with labels; plain ``ce_loss`` in eval mode.
+        logits: the wrapped model's logits, ``[B, num_classes]``.
+        ce_loss: the cross-entropy part.
+        penalty: the weighted penalty (training mode only).
+        penalty_terms: the penalty's named, unweighted parts, detached, for logging (training mode only).
+    """
+
+    loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    ce_loss: torch.Tensor | None = None
+    penalty: torch.Tensor | None = None
+    penalty_terms: dict[str, torch.Tensor] | None = None
+
+
+def logits_of(output: object) -> torch.Tensor:
+    """The logits in a model's output: a tensor (timm), ``.logits`` (transformers) or the first tuple item."""
+    if isinstance(output, torch.Tensor):
+        return output
+    logits = getattr(output, "logits", None)
+    if isinstance(logits, torch.Tensor):
+        return logits
+    if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
+        return output[0]
+    raise ValueError(f"Cannot find logits in a model output of type {type(output).__name__}.")
+
+
+class DebiasModel(nn.Module):
+    """A classifier plus one correction method. Build it with ``get_debias_model``.
+
+    Attributes other than the wrapper's own are looked up on the wrapped model, so timm helpers such as
+    ``get_classifier()`` or ``pretrained_cfg`` keep working.
+    """
+
+    def __init__(self, model: nn.Module, config: DebiasConfig):
+        super().__init__()
+        self.model = model
+        self.debias_config = config
+        self.method = method_class_for(config)(model, config)
+
+    def forward(self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None,
+                bias_labels: torch.Tensor | None = None) -> DebiasOutput:
+        if self.method is None:
+            raise RuntimeError("This DebiasModel was unloaded; use the model that unload() returned.")
+        if not isinstance(pixel_values, torch.Tensor) or pixel_values.dim() < 2:
+            raise ValueError(f"pixel_values must be a tensor shaped [B, ...], got {type(pixel_values).__name__}"
+                             f"{tuple(pixel_values.shape) if isinstance(pixel_values, torch.Tensor) else ''}.")
+        batch_size = pixel_values.shape[0]
+        if labels is not None:
+            check_label_tensor("labels", labels, batch_size)
+        if bias_labels is not None:
+            check_label_tensor("bias_labels", bias_labels, batch_size)
+
+        self.method.begin_forward()
+        logits = logits_of(self.model(pixel_values))
+        if labels is None:
+            return DebiasOutput(logits=logits)
+        ce_loss = F.cross_entropy(logits.float(), labels)
+        if not self.training:
+            return DebiasOutput(loss=ce_loss, logits=logits, ce_loss=ce_loss)
+        penalty = self.method.penalty(logits=logits, labels=labels, bias_labels=bias_labels)
+        return DebiasOutput(loss=ce_loss + penalty.total, logits=logits, ce_loss=ce_loss,
+                            penalty=penalty.total.detach(), penalty_terms=penalty.terms)
+
+    def get_base_model(self) -> nn.Module:
+        """The wrapped model (still hooked; see ``unload`` for a clean one)."""
+        return self.model
+
+    def unload(self) -> nn.Module:
+        """Remove every hook and return the plain wrapped model. The wrapper cannot be used afterwards.
+
+        If the method altered the forward pass (EnD with ``normalize_forward=True``), the returned model no
+        longer applies that change, so its outputs differ from the wrapper's; a warning says so.
+        """
+        if self.method is None:
+            raise RuntimeError("This DebiasModel was already unloaded.")
+        if self.method.alters_forward:
+            warnings.warn(
+                f"{self.debias_config.debias_method} changed the forward pass at {self.debias_config.layer!r}; "
+                "the unloaded model no longer applies that change, so its outputs differ from the corrected "
+                "model's.",
+                stacklevel=2,
+            )
+        self.method.remove()
+        self.method = None
+        return self.model
+
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name == "model":
+                raise
+            return getattr(self.model, name)
+
+
+def get_debias_model(model: nn.Module, config: DebiasConfig) -> DebiasModel:
+    """Wrap ``model`` (a timm or transformers image classifier, or any ``nn.Module`` returning logits) so that
+    its training loss adds the penalty described by ``config`` (e.g. ``EnDConfig``)."""
+    if isinstance(model, DebiasModel):
+        raise ValueError("model is already a DebiasModel; call unload() first to change the correction.")
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}.")
+    return DebiasModel(model, config)
