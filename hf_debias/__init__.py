@@ -6,7 +6,7 @@ from .config import DebiasConfig, available_methods  # noqa: E402
 from .layers import LayerInfo, find_classifier, list_layers, resolve_layer  # noqa: E402
 from .methods import EnDConfig  # noqa: E402
 from .model import DebiasModel, DebiasOutput, get_debias_model  # noqa: E402
-from . import functional  # noqa: E402
+from . import functional, models  # noqa: E402,F401  (models registers timm names)
 
 __all__ = [
     "DebiasConfig",
