@@ -57,7 +57,7 @@ def train_and_score(data, seed: int, args, end: EnDConfig | None, splits: tuple[
     if end is not None:
         model = get_debias_model(model, end)
     images, labels, bias_labels = data["train"]
-    fit(model, images, labels, bias_labels, FitConfig(epochs=args.epochs, seed=seed), progress=args.progress,
+    fit(model, images, labels, bias_labels, FitConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=seed), progress=args.progress,
         desc=f"{'EnD' if end else 'vanilla'} seed {seed}")
     scores = {}
     for split in splits:
@@ -145,6 +145,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--selection-seed", type=int, default=100, help="seed of the hyper-parameter selection runs")
     parser.add_argument("--grid", default="1,1;5,1;10,1", help="(alpha,beta) pairs tried, 'a,b;a,b;...'")
     parser.add_argument("--epochs", type=float, default=2.0, help="training epochs per run")
+    parser.add_argument("--batch-size", type=int, default=256, help="training batch size")
+    parser.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
     parser.add_argument("--model", default="simple_convnet", help="timm model name (pretrained=False)")
     parser.add_argument("--n-train", type=int, default=60_000, help="training images")
     parser.add_argument("--n-validation", type=int, default=10_000, help="validation images")

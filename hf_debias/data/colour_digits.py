@@ -37,11 +37,13 @@ SPLITS = ("train", "validation", "test_unbiased", "test_biased")
 
 @dataclass
 class ArraySplit:
-    """One split as arrays: ``images`` uint8 ``[N, H, W, 3]``, ``labels`` and ``bias_labels`` int64 ``[N]``."""
+    """One split as arrays: ``images`` uint8 ``[N, H, W, 3]``, ``labels`` and ``bias_labels`` int64 ``[N]``, and
+    ``source_ids``, the source image each one was drawn from (``"digits:123"``, ``"t10k:45"``)."""
 
     images: np.ndarray
     labels: np.ndarray
     bias_labels: np.ndarray
+    source_ids: np.ndarray
 
     @property
     def num_conflicting(self) -> int:
@@ -88,7 +90,7 @@ def colour_digits_arrays(
 
     splits = {}
     for split in SPLITS:
-        base_images, base_labels = pools[pool_of[split]]
+        base_images, base_labels, base_ids = pools[pool_of[split]]
         index = _cycle_indices(len(base_labels), sizes[split], rng)
         masks = torch.from_numpy(base_images[index])
         if augment:
@@ -96,7 +98,8 @@ def colour_digits_arrays(
         labels = base_labels[index]
         confusing = 9 if split == "test_unbiased" else n_confusing_colours
         bias_labels = assign_colours(labels, rho_of[split], confusing, rng)
-        splits[split] = ArraySplit(colourise(masks.numpy(), bias_labels, colour_mode), labels, bias_labels)
+        splits[split] = ArraySplit(colourise(masks.numpy(), bias_labels, colour_mode), labels, bias_labels,
+                                   base_ids[index])
     return splits
 
 
@@ -167,8 +170,8 @@ def _cycle_indices(pool_size: int, n: int, rng: np.random.Generator) -> np.ndarr
     return np.concatenate([rng.permutation(pool_size) for _ in range(repeats)])[:n]
 
 
-def _split_pool(images: np.ndarray, labels: np.ndarray, fractions: dict[str, float],
-                rng: np.random.Generator) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def _split_pool(images: np.ndarray, labels: np.ndarray, ids: np.ndarray, fractions: dict[str, float],
+                rng: np.random.Generator) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Split base images into disjoint, class-stratified pools with the given fractions (rest: train)."""
     chosen = {name: [] for name in (*fractions, "train")}
     for digit in np.unique(labels):
@@ -182,7 +185,7 @@ def _split_pool(images: np.ndarray, labels: np.ndarray, fractions: dict[str, flo
     pools = {}
     for name, parts in chosen.items():
         index = np.concatenate(parts)
-        pools[name] = (images[index], labels[index])
+        pools[name] = (images[index], labels[index], ids[index])
     return pools
 
 
@@ -197,7 +200,8 @@ def _sklearn_digit_pools(image_size: int, validation_fraction: float, test_fract
     strokes = (strokes.clamp(0, 1) * 1.25 - 0.1).clamp(0, 1)  # crisper strokes after upsampling
     pad = image_size - inner
     strokes = F.pad(strokes, (pad // 2, pad - pad // 2, pad // 2, pad - pad // 2))[:, 0]
-    return _split_pool(strokes.numpy(), digits.target.astype(np.int64),
+    ids = np.array([f"digits:{i}" for i in range(len(digits.target))])
+    return _split_pool(strokes.numpy(), digits.target.astype(np.int64), ids,
                        {"validation": validation_fraction, "test": test_fraction}, rng)
 
 
@@ -244,15 +248,14 @@ def _mnist_pools(folder: Path, image_size: int, validation_fraction: float, rng:
     if not folder.is_dir():
         raise ValueError(f"source must be 'digits' or a folder with the MNIST idx files, got {str(folder)!r}.")
 
-    def load(prefix: str) -> tuple[np.ndarray, np.ndarray]:
+    def load(prefix: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         images = _read_idx(_find_idx(folder, f"{prefix}-images-idx3-ubyte")).astype(np.float32) / 255.0
         labels = _read_idx(_find_idx(folder, f"{prefix}-labels-idx1-ubyte")).astype(np.int64)
         if images.shape[-1] != image_size:
             images = F.interpolate(torch.from_numpy(images)[:, None], size=(image_size, image_size),
                                    mode="bilinear", align_corners=False)[:, 0].numpy()
-        return images, labels
+        return images, labels, np.array([f"{prefix}:{i}" for i in range(len(labels))])
 
-    train_images, train_labels = load("train")
-    pools = _split_pool(train_images, train_labels, {"validation": validation_fraction}, rng)
+    pools = _split_pool(*load("train"), {"validation": validation_fraction}, rng)
     pools["test"] = load("t10k")
     return pools

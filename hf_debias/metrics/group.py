@@ -12,6 +12,8 @@ ALIGNED_IDENTITY = "identity"
 
 def _as_int_array(name: str, values: object) -> np.ndarray:
     array = np.asarray(values.detach().cpu() if hasattr(values, "detach") else values)
+    if array.size == 0:
+        array = array.astype(np.int64)
     if array.dtype.kind not in "iu":
         raise ValueError(f"{name} must hold integer ids, got dtype {array.dtype}.")
     if array.ndim != 1:

@@ -1,0 +1,167 @@
+"""Speed of EnD, measured side by side in one run (ratios, not absolute targets).
+
+1. The penalty's forward + backward: ``hf_debias.functional.end_penalty`` (vectorised) against a
+   loop-over-classes implementation in the style of the official code, at batch 256 with 10 targets x 10 bias
+   values. Target: >= 100x faster.
+2. A full training step (forward, backward, Adam step) of a timm ResNet with and without EnD at the pooled
+   features. Target: <= 2 % overhead.
+
+Timings alternate between the two variants and report medians, so that drifts in machine load hit both.
+
+    python benchmarks/end_speed.py            # full run (~2 min on 2 CPU cores)
+    python benchmarks/end_speed.py --quick    # smoke run, used by the tests
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import timm
+import torch
+import torch.nn.functional as F
+
+import hf_debias
+from hf_debias import EnDConfig, get_debias_model
+from hf_debias.functional import end_penalty
+
+
+def loop_over_classes_penalty(features, targets, bias_labels, alpha=1.0, beta=1.0):
+    """EnD with Python loops over bias classes and (target, bias, other bias) triples, as the official code."""
+    unit = F.normalize(features.reshape(features.shape[0], -1), dim=1)
+    gram = torch.tril(unit @ unit.T, diagonal=-1).clamp(-1, 1)
+    ortho, n_same = gram.new_zeros(()), 0.0
+    bias_values = torch.unique(bias_labels)
+    for value in bias_values:
+        mask = (bias_labels == value).float()[:, None]
+        mask = torch.tril(mask @ mask.T, diagonal=-1)
+        count = mask.sum()
+        n_same += count
+        if count > 0:
+            ortho = ortho + (gram * mask).sum().abs()
+    ortho = ortho / n_same if n_same > 0 else ortho
+    par, n_par = gram.new_zeros(()), 0.0
+    for target in torch.unique(targets):
+        class_mask = (targets == target).float()[:, None]
+        for index, value in enumerate(bias_values):
+            bias_mask = (bias_labels == value).float()[:, None]
+            for other in bias_values[index + 1:]:
+                other_mask = (bias_labels == other).float()[:, None]
+                mask = torch.tril((class_mask * bias_mask) @ (class_mask * other_mask).T, diagonal=-1)
+                count = mask.sum()
+                n_par += count
+                if count > 0:
+                    par = par - ((1.0 + gram) * mask * 0.5).sum()
+    par = 1.0 + par / n_par if n_par > 0 else par
+    return alpha * ortho + beta * par
+
+
+def time_alternating(functions: dict, repeats: int, warmup: int = 3) -> dict[str, float]:
+    """Median seconds per call of each function, calling them in turn ``repeats`` times."""
+    for function in functions.values():
+        for _ in range(warmup):
+            function()
+    samples = {name: [] for name in functions}
+    for _ in range(repeats):
+        for name, function in functions.items():
+            start = time.perf_counter()
+            function()
+            samples[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def penalty_benchmark(batch: int, dim: int, repeats: int) -> dict:
+    generator = torch.Generator().manual_seed(0)
+    features = torch.randn(batch, dim, generator=generator)
+    targets = torch.randint(0, 10, (batch,), generator=generator)
+    bias = torch.randint(0, 10, (batch,), generator=generator)
+
+    def run(function):
+        def call():
+            x = features.clone().requires_grad_(True)
+            function(x, targets, bias).backward()
+        return call
+
+    # Same numbers first (pairing="reference" is the official code's pair set).
+    check = features.clone()
+    torch.testing.assert_close(end_penalty(check, targets, bias, pairing="reference"),
+                               loop_over_classes_penalty(check, targets, bias), atol=1e-5, rtol=1e-5)
+    times = time_alternating({
+        "vectorised": run(lambda x, y, b: end_penalty(x, y, b, pairing="reference")),
+        "loop_over_classes": run(loop_over_classes_penalty),
+    }, repeats)
+    return {"batch": batch, "dim": dim, "targets": 10, "bias_values": 10, "seconds": times,
+            "speedup": times["loop_over_classes"] / times["vectorised"]}
+
+
+def training_step_benchmark(model_name: str, image_size: int, batch: int, repeats: int) -> dict:
+    torch.manual_seed(0)
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, 3, image_size, image_size, generator=generator)
+    y = torch.randint(0, 10, (batch,), generator=generator)
+    b = torch.randint(0, 10, (batch,), generator=generator)
+    vanilla = timm.create_model(model_name, pretrained=False, num_classes=10)
+    debiased_base = timm.create_model(model_name, pretrained=False, num_classes=10)
+    debiased_base.load_state_dict(vanilla.state_dict())
+    debiased = get_debias_model(debiased_base, EnDConfig(alpha=1.0, beta=1.0))
+    optimizers = {"vanilla": torch.optim.Adam(vanilla.parameters(), 1e-4),
+                  "end": torch.optim.Adam(debiased.parameters(), 1e-4)}
+
+    def vanilla_step():
+        loss = F.cross_entropy(vanilla(x), y)
+        optimizers["vanilla"].zero_grad(set_to_none=True)
+        loss.backward()
+        optimizers["vanilla"].step()
+
+    def end_step():
+        loss = debiased(x, labels=y, bias_labels=b).loss
+        optimizers["end"].zero_grad(set_to_none=True)
+        loss.backward()
+        optimizers["end"].step()
+
+    times = time_alternating({"vanilla": vanilla_step, "end": end_step}, repeats, warmup=2)
+    return {"model": model_name, "image_size": image_size, "batch": batch, "seconds": times,
+            "overhead_percent": 100 * (times["end"] / times["vanilla"] - 1)}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batch", type=int, default=256, help="penalty benchmark batch size")
+    parser.add_argument("--dim", type=int, default=512, help="penalty benchmark feature size")
+    parser.add_argument("--penalty-repeats", type=int, default=30, help="timed calls per penalty variant")
+    parser.add_argument("--model", default="resnet18", help="timm model for the training-step benchmark")
+    parser.add_argument("--image-size", type=int, default=64, help="training-step image side")
+    parser.add_argument("--step-batch", type=int, default=64, help="training-step batch size")
+    parser.add_argument("--step-repeats", type=int, default=30, help="timed steps per variant")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--quick", action="store_true", help="smoke run with few repeats and small inputs")
+    parser.add_argument("--output", type=Path, default=Path("benchmarks/results/end_speed.json"),
+                        help="where the JSON results go")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.penalty_repeats, args.step_repeats, args.image_size, args.step_batch = 3, 3, 32, 16
+    torch.set_num_threads(args.threads)
+    results = {
+        "command": " ".join(sys.argv), "hf_debias": hf_debias.__version__, "torch": torch.__version__,
+        "threads": args.threads,
+        "penalty": penalty_benchmark(args.batch, args.dim, args.penalty_repeats),
+        "training_step": training_step_benchmark(args.model, args.image_size, args.step_batch, args.step_repeats),
+    }
+    penalty, step = results["penalty"], results["training_step"]
+    print(f"EnD penalty fwd+bwd, batch {penalty['batch']}, 10x10 groups: vectorised "
+          f"{1e3 * penalty['seconds']['vectorised']:.2f} ms vs loop-over-classes "
+          f"{1e3 * penalty['seconds']['loop_over_classes']:.1f} ms -> {penalty['speedup']:.0f}x (target >= 100x)")
+    print(f"{step['model']} training step, batch {step['batch']} at {step['image_size']}px: vanilla "
+          f"{1e3 * step['seconds']['vanilla']:.1f} ms vs EnD {1e3 * step['seconds']['end']:.1f} ms -> "
+          f"{step['overhead_percent']:+.2f} % (target <= 2 %)")
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(results, indent=2) + "\n")
+    return results
+
+
+if __name__ == "__main__":
+    main()

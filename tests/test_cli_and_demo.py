@@ -1,0 +1,75 @@
+"""The demo, the CLI and the benchmark quick modes run end to end and produce what they promise."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from hf_debias.cli import build_parser, main
+from hf_debias.demo import quick_settings, run_demo
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_demo_quick_writes_report_and_compares_both_models(tmp_path, capsys):
+    rows = run_demo(quick_settings(tmp_path))
+    assert set(rows) == {"vanilla", "EnD"}
+    for values in rows.values():
+        assert set(values) == {"unbiased_accuracy", "bias_conflicting_accuracy", "biased_accuracy",
+                               "worst_group_accuracy"}
+        assert all(0.0 <= v <= 1.0 for v in values.values())
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["results"] == rows and report["end_config"]["debias_method"] == "end"
+    assert (tmp_path / "report.png").read_bytes()[:4] == b"\x89PNG"
+    out = capsys.readouterr().out
+    assert "bias-conflicting" in out and "vanilla" in out and "report.png" in out
+
+
+def test_cli_demo_quick(tmp_path):
+    assert main(["demo", "--quick", "--no-progress", "--output-dir", str(tmp_path)]) == 0
+    assert (tmp_path / "report.json").is_file()
+
+
+def test_cli_layers_lists_shapes(capsys):
+    assert main(["layers", "resnet18", "--input-size", "3", "32", "32", "--features-only"]) == 0
+    out = capsys.readouterr().out
+    assert "* layer3" in out and "256x2x2" in out and "conv1 " not in out
+
+
+def test_cli_layers_bad_model_is_a_clear_error(capsys):
+    assert main(["layers", "resnet1800"]) == 2
+    assert "neither a timm model name" in capsys.readouterr().err
+
+
+def test_every_option_has_help():
+    parser = build_parser()
+    subparsers = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
+    for name, sub in subparsers.choices.items():
+        for action in sub._actions:
+            assert action.help, f"hf-debias {name} {action.option_strings or action.dest} has no help"
+
+
+def test_console_script_help_runs():
+    result = subprocess.run([sys.executable, "-m", "hf_debias.cli", "demo", "--help"], capture_output=True,
+                            text=True, check=True)
+    assert "--normalize-forward" in result.stdout and "--output-dir" in result.stdout
+
+
+def load_benchmark(name):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_effectiveness_benchmark_quick_mode(tmp_path):
+    results = load_benchmark("end_colour_digits").main(["--quick", "--output", str(tmp_path / "r.json")])
+    entry = results["rhos"]["0.99"]
+    assert set(entry["report"]) == {"vanilla", "end_nf_false", "end_nf_true"}
+    assert 0.0 <= entry["report"]["vanilla"]["unbiased"]["mean"] <= 1.0
+    assert "| 0.99 |" in (tmp_path / "r.md").read_text()
