@@ -7,6 +7,10 @@ CVPR 2021. ``features`` are flattened and L2-normalised; ``G_ij = <f_i, f_j>`` c
 - ``r_ortho`` (disentangle): ``sum_b |sum_{i>j, b_i=b_j=b} G_ij| / #same-bias pairs``.
 - ``r_par`` (entangle): mean of ``(1 - G_ij) / 2`` over same-target, different-bias pairs ``i > j``.
 
+Group sums of G are computed from per-group sums of the unit features, so the default pairing never builds
+the B x B Gram matrix (O(B * D)); ``pairing="reference"`` depends on batch order and uses one masked product.
+The official code clamps G to [-1, 1]; for unit vectors that only trims rounding error, so it is omitted.
+
 Both are exactly 0 when the batch has no eligible pair. Everything runs in float32 (or float64 when the input
 is float64), with autocast disabled, so a bf16/fp16 forward does not degrade the penalty.
 """
@@ -47,28 +51,56 @@ def end_terms(
         flat = flat.float()
 
     with torch.autocast(device_type=flat.device.type, enabled=False):
-        unit = F.normalize(flat, dim=1)
-        gram = (unit @ unit.T).clamp(-1.0, 1.0)
+        norms = flat.norm(dim=1, keepdim=True)
+        unit = flat / norms.clamp_min(_EPS)
+        squared_norms = (norms / norms.clamp_min(_EPS)).square().squeeze(1).detach()  # 1, or 0 for a zero row
 
-    lower = torch.ones(batch_size, batch_size, dtype=torch.bool, device=flat.device).tril(-1)
-    same_bias = bias_labels[:, None] == bias_labels[None, :]
+        # Sums of G_ij over the pairs i > j inside a group need no B x B Gram matrix:
+        # sum_{i>j in g} <u_i, u_j> = (|sum_{i in g} u_i|^2 - sum_{i in g} |u_i|^2) / 2.
+        # One pass sums the unit vectors per (target, bias) cell; bias and target groups are sums of cells.
+        bias_values, bias_ids = torch.unique(bias_labels, return_inverse=True)
+        _, target_ids = torch.unique(targets, return_inverse=True)
+        n_bias = bias_values.numel()
+        cells, cell_of, cell_counts = torch.unique(target_ids * n_bias + bias_ids, return_inverse=True,
+                                                   return_counts=True)
+        cell_vectors = unit.new_zeros(cells.numel(), unit.shape[1]).index_add(0, cell_of, unit)
+        cell_norms = unit.new_zeros(cells.numel()).index_add(0, cell_of, squared_norms)
 
-    # r_ortho: |sum| per bias group. Row i's same-bias sum over j < i, scattered to i's group.
-    ortho_mask = same_bias & lower
-    groups, group_of = torch.unique(bias_labels, return_inverse=True)
-    row_sums = (gram * ortho_mask).sum(dim=1)
-    group_sums = torch.zeros(groups.numel(), dtype=gram.dtype, device=gram.device)
-    group_sums = group_sums.index_add(0, group_of, row_sums)
-    r_ortho = group_sums.abs().sum() / ortho_mask.sum().clamp_min(1)
+        bias_sums, n_same = _pair_sums(cell_vectors, cell_norms, cell_counts, cells % n_bias)
+        r_ortho = bias_sums.abs().sum() / n_same.clamp_min(1)
 
-    # r_par: mean of (1 - G) / 2 over same-target pairs whose bias differs (or is smaller, for "reference").
-    if pairing == "all":
-        bias_rule = ~same_bias
-    else:
-        bias_rule = bias_labels[:, None] < bias_labels[None, :]
-    par_mask = (targets[:, None] == targets[None, :]) & bias_rule & lower
-    r_par = ((1.0 - gram) * 0.5 * par_mask).sum() / par_mask.sum().clamp_min(1)
+        if pairing == "all":
+            # same-target pairs minus same-(target, bias) pairs = same target, different bias.
+            target_sums, n_target = _pair_sums(cell_vectors, cell_norms, cell_counts, cells // n_bias)
+            cell_sums, n_cell = _pair_sums(cell_vectors, cell_norms, cell_counts, None)
+            gram_sum, n_par = target_sums.sum() - cell_sums.sum(), n_target - n_cell
+        else:
+            # The official code's subset depends on batch order: pairs i > j with b_i < b_j.
+            lower = torch.ones(batch_size, batch_size, dtype=torch.bool, device=flat.device).tril(-1)
+            mask = (targets[:, None] == targets[None, :]) & (bias_labels[:, None] < bias_labels[None, :]) & lower
+            gram_sum = (unit * (mask.to(unit.dtype) @ unit)).sum()
+            n_par = mask.sum()
+        r_par = (n_par - gram_sum) * 0.5 / n_par.clamp_min(1)
     return r_ortho, r_par
+
+
+_EPS = 1e-12  # as F.normalize
+
+
+def _pair_sums(cell_vectors: torch.Tensor, cell_norms: torch.Tensor, cell_counts: torch.Tensor,
+               group_of_cell: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per group of cells: the sum of ``<u_i, u_j>`` over the group's sample pairs ``i > j``, and the number
+    of such pairs over all groups. ``None`` groups every cell on its own."""
+    if group_of_cell is not None:
+        groups, group_of_cell = torch.unique(group_of_cell, return_inverse=True)
+        n_groups = groups.numel()
+        cell_vectors = cell_vectors.new_zeros(n_groups, cell_vectors.shape[1]).index_add(0, group_of_cell,
+                                                                                        cell_vectors)
+        cell_norms = cell_norms.new_zeros(n_groups).index_add(0, group_of_cell, cell_norms)
+        cell_counts = cell_counts.new_zeros(n_groups).index_add(0, group_of_cell, cell_counts)
+    sums = ((cell_vectors * cell_vectors).sum(dim=1) - cell_norms) * 0.5
+    sums = torch.where(cell_counts > 1, sums, torch.zeros_like(sums))  # a lone sample has no pair: exactly 0
+    return sums, (cell_counts * (cell_counts - 1) // 2).sum()
 
 
 def end_penalty(
