@@ -12,6 +12,8 @@ __all__ = [
     "DebiasConfig",
     "DebiasModel",
     "DebiasOutput",
+    "DebiasTrainer",
+    "DebiasTrainingArguments",
     "EnDConfig",
     "LayerInfo",
     "__version__",
@@ -22,3 +24,12 @@ __all__ = [
     "list_layers",
     "resolve_layer",
 ]
+
+
+def __getattr__(name: str):
+    # The Trainer classes import transformers.Trainer (slow); load them on first use only.
+    if name in ("DebiasTrainer", "DebiasTrainingArguments"):
+        from . import trainer
+
+        return getattr(trainer, name)
+    raise AttributeError(f"module 'hf_debias' has no attribute {name!r}")

@@ -24,11 +24,12 @@ from .training import FitConfig, fit, images_to_tensor, predict
 
 @dataclass
 class DemoSettings:
-    """What the demo runs; the defaults take about 3-4 minutes on 2 CPU cores."""
+    """What the demo runs; the defaults take about 2-3 minutes on 2 CPU cores (see BENCHMARKS.md for the
+    settings behind them)."""
 
-    rho: float = 0.997
-    epochs: float = 4.0
-    alpha: float = 1.0
+    rho: float = 0.99
+    epochs: float = 3.0
+    alpha: float = 10.0
     beta: float = 1.0
     normalize_forward: bool = True
     n_train: int = 60_000

@@ -55,10 +55,10 @@ def resolve_layer(model: nn.Module, layer: str | None) -> LayerRef:
     if layer is None:
         name, module = find_classifier(model)
         return LayerRef(name, module, on_input=True)
-    if not isinstance(layer, str) or not layer.strip(INPUT_SUFFIX):
-        raise ValueError(f"layer must be a module name such as 'layer3' or 'head:input', got {layer!r}.")
-    on_input = layer.endswith(INPUT_SUFFIX)
+    on_input = isinstance(layer, str) and layer.endswith(INPUT_SUFFIX)
     wanted = layer[: -len(INPUT_SUFFIX)] if on_input else layer
+    if not isinstance(wanted, str) or not wanted:
+        raise ValueError(f"layer must be a module name such as 'layer3' or 'head:input', got {layer!r}.")
     modules = dict(model.named_modules())
     if wanted in modules and wanted:
         return LayerRef(wanted, modules[wanted], on_input)

@@ -63,8 +63,12 @@ def test_unknown_layer_error_lists_close_names(resnet, timm_wrapper):
         resolve_layer(resnet, "layer9")
     with pytest.raises(ValueError, match="Closest valid layers"):
         resolve_layer(timm_wrapper, "blocks.3")
-    with pytest.raises(ValueError, match="module name"):
-        resolve_layer(resnet, "")
+    for bad in ("", ":input", 3):
+        with pytest.raises(ValueError, match="module name"):
+            resolve_layer(resnet, bad)
+    named = torch.nn.Module()
+    named.tin = torch.nn.Linear(2, 2)  # a name made only of the letters of ":input" still resolves
+    assert resolve_layer(named, "tin").module is named.tin
     with pytest.raises(ValueError, match="classifier head"):
         resolve_layer(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3)), None)
 

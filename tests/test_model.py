@@ -35,7 +35,7 @@ def test_outputs_unchanged_when_forward_is_not_altered(name, layer):
     expected = model(x)
     if layer == "features":
         layer = model.feature_info[-1]["module"]
-    wrapped = get_debias_model(model, EnDConfig(layer=layer)).eval()
+    wrapped = get_debias_model(model, EnDConfig(layer=layer, normalize_forward=False)).eval()
     torch.testing.assert_close(wrapped(x).logits, expected, rtol=0, atol=0)
     out = wrapped.train()(x, labels=y, bias_labels=b)
     assert out.penalty is not None and torch.isfinite(out.loss)
@@ -101,7 +101,7 @@ def test_unload_removes_every_hook_and_returns_the_plain_model():
     x, y, b = batch()
     expected = model(x)
     hooks_before = sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
-    wrapped = get_debias_model(model, EnDConfig(layer="layer4"))
+    wrapped = get_debias_model(model, EnDConfig(layer="layer4", normalize_forward=False))
     assert sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules()) == hooks_before + 1
     plain = wrapped.unload()
     assert plain is model
@@ -111,6 +111,10 @@ def test_unload_removes_every_hook_and_returns_the_plain_model():
         wrapped(x)
     again = get_debias_model(plain, EnDConfig())  # a clean model can be wrapped again
     assert isinstance(again, DebiasModel)
+
+
+def test_normalize_forward_is_the_default():
+    assert EnDConfig().normalize_forward is True
 
 
 def test_attributes_fall_through_to_the_wrapped_model():

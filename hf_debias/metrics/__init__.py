@@ -3,7 +3,7 @@ offline ``evaluate`` module."""
 
 from pathlib import Path
 
-from .group import ALIGNED_IDENTITY, group_accuracy
+from .group import ALIGNED_IDENTITY, group_accuracy, infer_aligned_bias
 
 GROUP_ACCURACY_MODULE = str(Path(__file__).parent / "group_accuracy")
 """Path for ``evaluate.load(GROUP_ACCURACY_MODULE)``; it loads offline."""
@@ -16,4 +16,4 @@ def load_group_accuracy(**kwargs):
     return evaluate.load(GROUP_ACCURACY_MODULE, **kwargs)
 
 
-__all__ = ["ALIGNED_IDENTITY", "GROUP_ACCURACY_MODULE", "group_accuracy", "load_group_accuracy"]
+__all__ = ["ALIGNED_IDENTITY", "GROUP_ACCURACY_MODULE", "group_accuracy", "infer_aligned_bias", "load_group_accuracy"]

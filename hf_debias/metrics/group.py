@@ -84,3 +84,16 @@ def group_accuracy(
         result.update(bias_aligned_accuracy=aligned, bias_conflicting_accuracy=conflicting,
                       bias_gap=aligned - conflicting)
     return result
+
+
+def infer_aligned_bias(labels: object, bias_labels: object) -> dict[int, int]:
+    """For each label, the bias value it co-occurs with most often (the bias-aligned value in training data)."""
+    labels = _as_int_array("labels", labels)
+    bias_labels = _as_int_array("bias_labels", bias_labels)
+    pairs, counts = np.unique(np.stack([labels, bias_labels], axis=1), axis=0, return_counts=True)
+    aligned: dict[int, int] = {}
+    best: dict[int, int] = {}
+    for (label, bias), count in zip(pairs.tolist(), counts.tolist()):
+        if count > best.get(label, -1):
+            aligned[label], best[label] = bias, count
+    return aligned

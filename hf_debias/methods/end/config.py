@@ -30,7 +30,7 @@ class EnDConfig(DebiasConfig):
     alpha: float = 1.0
     beta: float = 1.0
     pairing: str = "all"
-    normalize_forward: bool = False
+    normalize_forward: bool = True
 
     def __post_init__(self) -> None:
         super().__post_init__()

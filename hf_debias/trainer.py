@@ -1,0 +1,152 @@
+"""``DebiasTrainer`` and ``DebiasTrainingArguments``: bias correction in ``transformers.Trainer`` with one flag.
+
+``DebiasTrainingArguments`` adds ``--debias {none,end}`` and the method's options to ``TrainingArguments``, so
+``HfArgumentParser`` turns them into flags of any script that already uses it. ``DebiasTrainer`` wraps the
+model with ``get_debias_model`` and computes the loss in ``compute_loss``; everything else is Trainer's own.
+
+The penalty is added in training only; the evaluation loss is plain cross-entropy. EnD's Gram matrix is built
+per micro-batch: with gradient accumulation the penalty sees ``per_device_train_batch_size`` samples at a time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from transformers import EvalPrediction, Trainer, TrainingArguments
+
+from .config import DebiasConfig, _CONFIG_CLASSES, available_methods
+from .functional.end import PAIRINGS
+from .metrics.group import group_accuracy, infer_aligned_bias
+from .model import DebiasModel, get_debias_model, logits_of
+
+DEBIAS_CHOICES = ("none", *available_methods())
+
+
+@dataclass
+class DebiasTrainingArguments(TrainingArguments):
+    """``TrainingArguments`` plus the debias options. Method options are named ``<method>_<config field>``
+    (``end_alpha`` -> ``EnDConfig.alpha``), so a new method adds its fields here and nothing else changes."""
+
+    debias: str = field(default="none", metadata={"help": "bias correction method", "choices": list(DEBIAS_CHOICES)})
+    debias_layer: str | None = field(default=None, metadata={
+        "help": "bottleneck module name (see `hf-debias layers MODEL`); 'NAME:input' for a module's input; "
+                "default: the input of the classifier head"})
+    bias_label_column: str = field(default="bias_labels", metadata={
+        "help": "dataset column with one integer bias id per sample"})
+    end_alpha: float = field(default=1.0, metadata={"help": "EnD: weight of the disentangling term (>= 0)"})
+    end_beta: float = field(default=1.0, metadata={"help": "EnD: weight of the entangling term (>= 0)"})
+    end_pairing: str = field(default="all", metadata={
+        "help": "EnD: 'all' pairs (the paper) or 'reference' (the official code's subset)", "choices": list(PAIRINGS)})
+    end_normalize_forward: bool = field(default=True, metadata={
+        "help": "EnD: L2-normalise the bottleneck in the forward pass (the paper's network)"})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.debias not in DEBIAS_CHOICES:
+            raise ValueError(f"debias={self.debias!r} is not valid; choose one of: {', '.join(DEBIAS_CHOICES)}.")
+        self.debias_config()  # validate the method's options now, at parse time
+
+    def debias_config(self) -> DebiasConfig | None:
+        """The config that ``--debias`` and its options describe, or ``None`` for ``--debias none``."""
+        if self.debias == "none":
+            return None
+        config_class = _CONFIG_CLASSES[self.debias]
+        base_fields = {f.name for f in dataclasses.fields(DebiasConfig)}
+        values = {f.name: getattr(self, f"{self.debias}_{f.name}") for f in dataclasses.fields(config_class)
+                  if f.init and f.name not in base_fields and hasattr(self, f"{self.debias}_{f.name}")}
+        return config_class(layer=self.debias_layer, **values)
+
+
+class DebiasTrainer(Trainer):
+    """A ``Trainer`` whose training loss adds the correction penalty and whose default metrics are group metrics.
+
+    Args:
+        debias_config: overrides the config built from ``args`` (``DebiasTrainingArguments``).
+        Everything else is passed to ``Trainer`` unchanged.
+    """
+
+    loss_is_scaled_for_ga = False  # compute_loss returns a per-batch mean: Trainer divides it for accumulation
+
+    def __init__(self, model=None, args: TrainingArguments | None = None, *trainer_args,
+                 debias_config: DebiasConfig | None = None, **trainer_kwargs):
+        if args is None:
+            args = DebiasTrainingArguments(output_dir="tmp_trainer")
+        config = debias_config if debias_config is not None else (
+            args.debias_config() if isinstance(args, DebiasTrainingArguments) else None)
+        if config is not None and model is not None and not isinstance(model, DebiasModel):
+            model = get_debias_model(model, config)
+        self.bias_label_column = getattr(args, "bias_label_column", "bias_labels")
+        if args.label_names is None:  # keeps the bias column through remove_unused_columns, for every model
+            args.label_names = ["labels", self.bias_label_column]
+        train_dataset = trainer_kwargs.get("train_dataset")
+        self.aligned_bias = _aligned_bias_of(train_dataset, self.bias_label_column)
+        if trainer_kwargs.get("compute_metrics") is None:
+            trainer_kwargs["compute_metrics"] = self.group_metrics
+        super().__init__(model, args, *trainer_args, **trainer_kwargs)
+        self.model_accepts_loss_kwargs = False  # transformers < 5.19 reads this instead of loss_is_scaled_for_ga
+        self._loss_part_sums: dict[str, float] = {}
+        self._loss_part_count = 0
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        inputs = dict(inputs)
+        labels = inputs.pop("labels", None)
+        bias_labels = inputs.pop(self.bias_label_column, None)
+        if "pixel_values" not in inputs:
+            raise ValueError(f"The batch has no 'pixel_values'; it has {sorted(inputs)}. Map the images to "
+                             "'pixel_values' in the data collator or transform.")
+        if isinstance(self.accelerator.unwrap_model(model), DebiasModel):
+            outputs = model(inputs["pixel_values"], labels=labels, bias_labels=bias_labels)
+            loss = outputs.loss
+            if outputs.penalty_terms is not None:
+                self._add_loss_parts(ce_loss=outputs.ce_loss, penalty=outputs.penalty, **outputs.penalty_terms)
+            outputs = {"loss": loss, "logits": outputs.logits}
+        else:
+            logits = logits_of(model(inputs["pixel_values"]))
+            loss = F.cross_entropy(logits.float(), labels) if labels is not None else None
+            outputs = {"loss": loss, "logits": logits}
+        return (loss, outputs) if return_outputs else loss
+
+    def _add_loss_parts(self, **parts: torch.Tensor) -> None:
+        for key, value in parts.items():
+            self._loss_part_sums[key] = self._loss_part_sums.get(key, 0.0) + float(value.detach())
+        self._loss_part_count += 1
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """Trainer's log, plus the mean loss parts (``ce_loss``, ``penalty``, ``end_r_ortho``...) since the
+        last training log."""
+        if "loss" in logs and self._loss_part_count:
+            for key, total in self._loss_part_sums.items():
+                logs[key] = round(total / self._loss_part_count, 6)
+            self._loss_part_sums, self._loss_part_count = {}, 0
+        super().log(logs, start_time)
+
+    def group_metrics(self, prediction: EvalPrediction) -> dict[str, float]:
+        """Default ``compute_metrics``: accuracy, and with bias labels the group metrics (worst-group, unbiased,
+        bias-aligned / conflicting accuracy, the gap). Aligned groups are inferred from the training set."""
+        logits = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
+        label_ids = prediction.label_ids
+        labels, bias_labels = (label_ids[0], label_ids[1]) if isinstance(label_ids, (tuple, list)) else (label_ids, None)
+        predictions = np.asarray(logits).argmax(axis=-1)
+        if bias_labels is None:
+            return {"accuracy": float((predictions == np.asarray(labels)).mean())}
+        result = group_accuracy(predictions, labels, bias_labels, aligned_bias=self.aligned_bias)
+        return {key: value for key, value in result.items() if isinstance(value, float)}
+
+    def _save(self, output_dir: str | None = None, state_dict=None) -> None:
+        """Trainer's save plus ``debias_config.json``, so that a checkpoint records its correction."""
+        super()._save(output_dir, state_dict)
+        model = self.accelerator.unwrap_model(self.model)
+        if isinstance(model, DebiasModel) and self.args.should_save:
+            model.debias_config.save_pretrained(output_dir or self.args.output_dir)
+
+
+def _aligned_bias_of(dataset, bias_column: str) -> dict[int, int] | None:
+    """The bias value each label co-occurs with most in ``dataset`` (None without both columns)."""
+    names = getattr(dataset, "column_names", None) or []
+    if "labels" not in names or bias_column not in names:
+        return None
+    return infer_aligned_bias(dataset["labels"], dataset[bias_column])

@@ -1,0 +1,135 @@
+"""DebiasTrainer / DebiasTrainingArguments on tiny models, offline on the CPU."""
+
+from __future__ import annotations
+
+import datasets
+import numpy as np
+import pytest
+import timm
+import torch
+from transformers import (HfArgumentParser, TimmWrapperConfig, TimmWrapperForImageClassification, ViTConfig,
+                          ViTForImageClassification)
+
+from hf_debias import DebiasConfig, DebiasModel, EnDConfig
+from hf_debias.trainer import DebiasTrainer, DebiasTrainingArguments
+
+
+def tiny_dataset(n=32, size=16, num_classes=3, seed=0):
+    rng = np.random.default_rng(seed)
+    return datasets.Dataset.from_dict({
+        "pixel_values": rng.standard_normal((n, 3, size, size)).astype(np.float32),
+        "labels": rng.integers(0, num_classes, n),
+        "bias_labels": rng.integers(0, 2, n),
+    }).with_format("torch")
+
+
+def arguments(tmp_path, **overrides):
+    values = dict(output_dir=str(tmp_path), per_device_train_batch_size=8, per_device_eval_batch_size=16,
+                  max_steps=4, learning_rate=1e-3, logging_steps=2, save_strategy="no", report_to=[],
+                  use_cpu=True, seed=0, debias="end", end_alpha=1.0, end_beta=1.0, disable_tqdm=True)
+    values.update(overrides)
+    return DebiasTrainingArguments(**values)
+
+
+def models():
+    torch.manual_seed(0)
+    return {
+        "timm": timm.create_model("simple_convnet", num_classes=3),
+        "timm_wrapper": TimmWrapperForImageClassification(TimmWrapperConfig(architecture="resnet18", num_labels=3)),
+        "vit": ViTForImageClassification(ViTConfig(image_size=16, patch_size=8, hidden_size=32, num_hidden_layers=1,
+                                                   num_attention_heads=2, intermediate_size=32, num_labels=3)),
+    }
+
+
+@pytest.mark.parametrize("kind", ["timm", "timm_wrapper", "vit"])
+def test_trains_each_model_kind_and_reports_group_metrics(tmp_path, kind):
+    model = models()[kind]
+    trainer = DebiasTrainer(model=model, args=arguments(tmp_path), train_dataset=tiny_dataset(),
+                            eval_dataset=tiny_dataset(seed=1))
+    assert isinstance(trainer.model, DebiasModel)
+    trainer.train()
+    logged = [entry for entry in trainer.state.log_history if "loss" in entry]
+    assert logged and {"ce_loss", "penalty", "end_r_ortho", "end_r_par"} <= set(logged[0])
+    metrics = trainer.evaluate()
+    for key in ("eval_accuracy", "eval_worst_group_accuracy", "eval_unbiased_accuracy",
+                "eval_bias_conflicting_accuracy"):
+        assert 0.0 <= metrics[key] <= 1.0
+    assert metrics["eval_worst_group_accuracy"] <= metrics["eval_unbiased_accuracy"]
+
+
+def test_penalty_changes_the_gradients_compared_with_debias_none(tmp_path):
+    batch = {key: value[:8] for key, value in tiny_dataset()[:8].items()}
+    grads = {}
+    for method in ("none", "end"):
+        torch.manual_seed(0)
+        model = timm.create_model("simple_convnet", num_classes=3)
+        trainer = DebiasTrainer(model=model, args=arguments(tmp_path, debias=method, end_alpha=5.0))
+        trainer.model.train()
+        trainer.compute_loss(trainer.model, batch).backward()
+        grads[method] = model.stages[0][0].weight.grad.clone()
+    assert not torch.allclose(grads["none"], grads["end"])
+
+
+def test_cross_entropy_part_is_equivalent_under_gradient_accumulation(tmp_path):
+    # A model without batch statistics, so that micro-batches of 4 and a batch of 8 see the same function.
+    weights = {}
+    for batch_size, accumulation in ((8, 1), (4, 2)):
+        torch.manual_seed(0)
+        model = models()["vit"]
+        args = arguments(tmp_path, debias="none", per_device_train_batch_size=batch_size,
+                         gradient_accumulation_steps=accumulation, max_steps=2, optim="sgd", learning_rate=0.1)
+        trainer = DebiasTrainer(model=model, args=args, train_dataset=tiny_dataset(n=16))
+        trainer.train()
+        weights[batch_size] = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+    for key, value in weights[8].items():
+        torch.testing.assert_close(weights[4][key], value, atol=1e-5, rtol=1e-4)
+
+
+def test_checkpoint_records_the_config_and_resume_continues_the_same_run(tmp_path):
+    dataset = tiny_dataset(n=64)
+
+    def run(output_dir, max_steps, resume=None):
+        torch.manual_seed(0)
+        args = arguments(output_dir, max_steps=max_steps, save_strategy="steps", save_steps=2, logging_steps=1,
+                         end_normalize_forward=False)
+        trainer = DebiasTrainer(model=timm.create_model("simple_convnet", num_classes=3), args=args,
+                                train_dataset=dataset)
+        trainer.train(resume_from_checkpoint=resume)
+        return {entry["step"]: entry["loss"] for entry in trainer.state.log_history if "loss" in entry}
+
+    full = run(tmp_path / "full", 4)
+    checkpoint = tmp_path / "full" / "checkpoint-2"
+    assert DebiasConfig.from_pretrained(checkpoint) == EnDConfig(alpha=1.0, beta=1.0, normalize_forward=False)
+    resumed = run(tmp_path / "resumed", 4, resume=str(checkpoint))
+    assert resumed[3] == pytest.approx(full[3], rel=1e-5)
+    assert resumed[4] == pytest.approx(full[4], rel=1e-5)
+
+
+def test_arguments_become_command_line_flags_and_a_config():
+    parser = HfArgumentParser(DebiasTrainingArguments)
+    (args,) = parser.parse_args_into_dataclasses(
+        ["--output_dir", "out", "--debias", "end", "--end_alpha", "10", "--end_beta", "0.5",
+         "--end_pairing", "reference", "--debias_layer", "layer3", "--use_cpu", "true"])
+    assert args.debias_config() == EnDConfig(layer="layer3", alpha=10.0, beta=0.5, pairing="reference")
+    (none,) = parser.parse_args_into_dataclasses(["--output_dir", "out", "--use_cpu", "true"])
+    assert none.debias_config() is None
+    help_text = parser.format_help()
+    assert "--end_alpha" in help_text and "disentangling" in help_text
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--debias", "fancy"], "invalid choice: 'fancy'"),
+    (["--end_pairing", "half"], "invalid choice: 'half'"),
+])
+def test_unknown_choices_fail_at_parse_time(flags, message, capsys):
+    parser = HfArgumentParser(DebiasTrainingArguments)
+    with pytest.raises(SystemExit):
+        parser.parse_args_into_dataclasses(["--output_dir", "out", "--use_cpu", "true", *flags])
+    assert message in capsys.readouterr().err
+
+
+def test_invalid_values_fail_when_the_arguments_are_built(tmp_path):
+    with pytest.raises(ValueError, match="end_alpha|alpha must be a finite number >= 0"):
+        arguments(tmp_path, end_alpha=-1.0)
+    with pytest.raises(ValueError, match="debias='fancy' is not valid"):
+        arguments(tmp_path, debias="fancy")
