@@ -11,6 +11,7 @@ per micro-batch: with gradient accumulation the penalty sees ``per_device_train_
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -20,8 +21,11 @@ from transformers import EvalPrediction, Trainer, TrainingArguments
 
 from .config import DebiasConfig, _CONFIG_CLASSES, available_methods
 from .functional.end import PAIRINGS
+from .methods.base import _METHOD_CLASSES
 from .metrics.group import group_accuracy, infer_aligned_bias
 from .model import DebiasModel, get_debias_model, logits_of
+
+_METHOD_NEEDS_BIAS = {name: cls.needs_bias_labels for name, cls in _METHOD_CLASSES.items()}
 
 DEBIAS_CHOICES = ("none", *available_methods())
 
@@ -83,6 +87,8 @@ class DebiasTrainer(Trainer):
         if args.label_names is None:  # keeps the bias column through remove_unused_columns, for every model
             args.label_names = ["labels", self.bias_label_column]
         train_dataset = trainer_kwargs.get("train_dataset")
+        if config is not None:
+            _check_training_data(train_dataset, self.bias_label_column, args, config)
         self.aligned_bias = _aligned_bias_of(train_dataset, self.bias_label_column)
         if trainer_kwargs.get("compute_metrics") is None:
             trainer_kwargs["compute_metrics"] = self.group_metrics
@@ -142,6 +148,25 @@ class DebiasTrainer(Trainer):
         model = self.accelerator.unwrap_model(self.model)
         if isinstance(model, DebiasModel) and self.args.should_save:
             model.debias_config.save_pretrained(output_dir or self.args.output_dir)
+
+
+def _check_training_data(dataset, bias_column: str, args: TrainingArguments, config: DebiasConfig) -> None:
+    """Fail early on a missing bias column; warn where the penalty would silently have nothing to work on."""
+    method = _METHOD_NEEDS_BIAS.get(config.debias_method, False)
+    names = getattr(dataset, "column_names", None)
+    if method and names is not None:
+        if bias_column not in names:
+            raise ValueError(f"--debias {config.debias_method} needs a bias label per sample, but the training "
+                             f"dataset has no column {bias_column!r}; its columns are {names}. Pass "
+                             "--bias_label_column NAME.")
+        values = set(dataset.unique(bias_column)) if hasattr(dataset, "unique") else set(dataset[bias_column])
+        if len(values) < 2:
+            warnings.warn(f"The bias column {bias_column!r} has a single value ({sorted(values)}): there is no "
+                          f"bias to remove, and {config.debias_method}'s entangling term has no pairs.", stacklevel=3)
+    if method and args.per_device_train_batch_size < 2:
+        warnings.warn(f"per_device_train_batch_size={args.per_device_train_batch_size}: {config.debias_method}'s "
+                      "penalty compares samples within a batch and has no pairs at batch size 1, so it is always 0.",
+                      stacklevel=3)
 
 
 def _aligned_bias_of(dataset, bias_column: str) -> dict[int, int] | None:

@@ -133,3 +133,39 @@ def test_invalid_values_fail_when_the_arguments_are_built(tmp_path):
         arguments(tmp_path, end_alpha=-1.0)
     with pytest.raises(ValueError, match="debias='fancy' is not valid"):
         arguments(tmp_path, debias="fancy")
+
+
+def test_missing_bias_column_names_the_column_and_the_existing_ones(tmp_path):
+    dataset = tiny_dataset().rename_column("bias_labels", "gender")
+    model = timm.create_model("simple_convnet", num_classes=3)
+    with pytest.raises(ValueError, match=r"no column 'bias_labels'; its columns are \['pixel_values', 'labels', "
+                                         r"'gender'\]"):
+        DebiasTrainer(model=model, args=arguments(tmp_path), train_dataset=dataset)
+    trainer = DebiasTrainer(model=timm.create_model("simple_convnet", num_classes=3),
+                            args=arguments(tmp_path, bias_label_column="gender", max_steps=1), train_dataset=dataset)
+    trainer.train()  # the renamed column reaches the loss
+    assert "end_r_ortho" in trainer.state.log_history[0] or trainer.state.global_step == 1
+
+
+def test_batch_size_one_and_single_valued_bias_column_warn(tmp_path):
+    single = tiny_dataset().map(lambda row: {"bias_labels": 0})
+    with pytest.warns(UserWarning, match="has a single value"):
+        DebiasTrainer(model=timm.create_model("simple_convnet", num_classes=3), args=arguments(tmp_path),
+                      train_dataset=single)
+    with pytest.warns(UserWarning, match="no pairs at batch size 1"):
+        DebiasTrainer(model=timm.create_model("simple_convnet", num_classes=3),
+                      args=arguments(tmp_path, per_device_train_batch_size=1), train_dataset=tiny_dataset())
+
+
+def test_float_bias_labels_fail_with_a_clear_message(tmp_path):
+    dataset = tiny_dataset().cast_column("bias_labels", datasets.Value("float32"))
+    trainer = DebiasTrainer(model=timm.create_model("simple_convnet", num_classes=3), args=arguments(tmp_path),
+                            train_dataset=dataset.with_format("torch"))
+    with pytest.raises(ValueError, match="bias_labels must hold integer class ids"):
+        trainer.train()
+
+
+def test_model_without_the_named_layer_fails_at_construction(tmp_path):
+    with pytest.raises(ValueError, match="Layer 'layer3' not found in SimpleConvNet"):
+        DebiasTrainer(model=timm.create_model("simple_convnet", num_classes=3),
+                      args=arguments(tmp_path, debias_layer="layer3"), train_dataset=tiny_dataset())
