@@ -159,10 +159,9 @@ def test_batch_size_one_and_single_valued_bias_column_warn(tmp_path):
 
 def test_float_bias_labels_fail_with_a_clear_message(tmp_path):
     dataset = tiny_dataset().cast_column("bias_labels", datasets.Value("float32"))
-    trainer = DebiasTrainer(model=timm.create_model("simple_convnet", num_classes=3), args=arguments(tmp_path),
-                            train_dataset=dataset.with_format("torch"))
-    with pytest.raises(ValueError, match="bias_labels must hold integer class ids"):
-        trainer.train()
+    with pytest.raises(ValueError, match="bias_labels must hold integer .*float32"):
+        DebiasTrainer(model=timm.create_model("simple_convnet", num_classes=3), args=arguments(tmp_path),
+                      train_dataset=dataset.with_format("torch"))
 
 
 def test_model_without_the_named_layer_fails_at_construction(tmp_path):
