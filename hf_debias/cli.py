@@ -1,4 +1,4 @@
-"""The ``hf-debias`` command line: ``demo`` and ``layers`` (``train`` and ``cav`` build on the same core)."""
+"""The ``hf-debias`` command line: ``demo``, ``layers`` and ``train``, thin layers over the same core."""
 
 from __future__ import annotations
 
@@ -88,6 +88,23 @@ def _run_layers(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_train_parser(subparsers) -> None:
+    train = subparsers.add_parser(
+        "train", add_help=False,
+        help="fine-tune a classifier with DebiasTrainer; `--debias end` turns EnD on (see `hf-debias train --help`)",
+    )
+    train.add_argument("arguments", nargs=argparse.REMAINDER,
+                       help="model, data and Trainer flags; `hf-debias train --help` lists them all")
+    train.set_defaults(handler=_run_train)
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from .finetune import main as train_main
+
+    arguments = args.arguments[1:] if args.arguments[:1] == ["--"] else args.arguments
+    return train_main(arguments)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hf-debias",
@@ -97,10 +114,14 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
     _add_demo_parser(subparsers)
     _add_layers_parser(subparsers)
+    _add_train_parser(subparsers)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["train"]:  # HfArgumentParser owns every `train` flag
+        argv = ["train", "--", *argv[1:]]
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)

@@ -73,3 +73,35 @@ def test_effectiveness_benchmark_quick_mode(tmp_path):
     assert set(entry["report"]) == {"vanilla", "end_nf_false", "end_nf_true"}
     assert 0.0 <= entry["report"]["vanilla"]["unbiased"]["mean"] <= 1.0
     assert "| 0.99 |" in (tmp_path / "r.md").read_text()
+
+
+def test_cli_train_end_to_end_on_colour_digits(tmp_path, capsys):
+    code = main(["train", "--model_name_or_path", "simple_convnet", "--dataset", "colour-digits",
+                 "--colour_digits_train_size", "256", "--max_eval_samples", "128", "--output_dir", str(tmp_path),
+                 "--debias", "end", "--end_alpha", "10", "--max_steps", "2", "--per_device_train_batch_size", "32",
+                 "--use_cpu", "true", "--report_to", "none", "--logging_steps", "1", "--disable_tqdm", "true"])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "bias-conflicting" in out and "simple_convnet (end)" in out
+    assert (tmp_path / "model.safetensors").is_file()
+    config = json.loads((tmp_path / "debias_config.json").read_text())
+    assert config["debias_method"] == "end" and config["alpha"] == 10.0
+    results = json.loads((tmp_path / "eval_results.json").read_text())
+    assert 0.0 <= results["eval_worst_group_accuracy"] <= results["eval_unbiased_accuracy"] <= 1.0
+
+
+def test_cli_train_help_documents_every_option():
+    from transformers import HfArgumentParser
+
+    from hf_debias.finetune import DataArguments, ModelArguments
+    from hf_debias.trainer import DebiasTrainingArguments
+
+    parser = HfArgumentParser((ModelArguments, DataArguments, DebiasTrainingArguments))
+    ours = {f for cls in (ModelArguments, DataArguments) for f in cls.__dataclass_fields__} | {
+        "debias", "debias_layer", "bias_label_column", "end_alpha", "end_beta", "end_pairing", "end_normalize_forward"}
+    for action in parser._actions:
+        if action.dest in ours:
+            assert action.help, f"--{action.dest} has no help"
+    result = subprocess.run([sys.executable, "-m", "hf_debias.cli", "train", "--help"], capture_output=True,
+                            text=True, check=True)
+    assert "--debias {none,end}" in result.stdout and "--end_alpha" in result.stdout
