@@ -102,7 +102,7 @@ class DebiasModel(nn.Module):
             raise RuntimeError("This DebiasModel was already unloaded.")
         if self.method.alters_forward:
             warnings.warn(
-                f"{self.debias_config.debias_method} changed the forward pass at {self.debias_config.layer!r}; "
+                f"{self.debias_config.debias_method} changed the forward pass at {self.method.layer.spec!r}; "
                 "the unloaded model no longer applies that change, so its outputs differ from the corrected "
                 "model's.",
                 stacklevel=2,

@@ -105,3 +105,13 @@ def test_cli_train_help_documents_every_option():
     result = subprocess.run([sys.executable, "-m", "hf_debias.cli", "train", "--help"], capture_output=True,
                             text=True, check=True)
     assert "--debias {none,end}" in result.stdout and "--end_alpha" in result.stdout
+
+
+def test_speed_benchmarks_quick_modes(tmp_path):
+    speed = load_benchmark("end_speed").main(["--quick", "--output", str(tmp_path / "speed.json")])
+    for pairing in ("all", "reference"):
+        assert speed["penalty"][pairing]["speedup"] > 1.0  # the numbers were checked equal inside
+    assert set(speed["training_step"]["seconds"]) == {"vanilla", "end"}
+    trainer = load_benchmark("trainer_overhead").main(["--quick", "--output", str(tmp_path / "trainer.json")])
+    assert set(trainer["seconds_per_step"]) == {"loop_vanilla", "loop_end", "trainer_end"}
+    assert all(value > 0 for value in trainer["seconds_per_step"].values())

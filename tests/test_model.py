@@ -91,7 +91,7 @@ def test_normalize_forward_puts_unit_norm_features_into_the_forward_pass():
         expected = model.fc(F.normalize(pooled, dim=1))
     torch.testing.assert_close(logits, expected)
     assert not torch.allclose(logits, plain)
-    with pytest.warns(UserWarning, match="no longer applies"):
+    with pytest.warns(UserWarning, match="at 'fc:input'; the unloaded model no longer applies"):
         unloaded = wrapped.unload()
     torch.testing.assert_close(unloaded(x), plain)
 

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from ..config import DebiasConfig
+from ..layers import LayerRef
 
 _METHOD_CLASSES: dict[str, type[DebiasMethod]] = {}
 
@@ -38,6 +39,8 @@ class DebiasMethod:
     def __init__(self, model: nn.Module, config: DebiasConfig):
         self.model = model
         self.config = config
+
+    layer: LayerRef  # where the method acts, resolved on the model
 
     @property
     def alters_forward(self) -> bool:
