@@ -17,7 +17,6 @@ Results go to a JSON file and a Markdown table (pasted into BENCHMARKS.md).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -26,7 +25,8 @@ import numpy as np
 import torch
 import timm
 
-import hf_debias
+sys.path.insert(0, str(Path(__file__).parent))
+from _common import add_common_arguments, header, write_json  # noqa: E402
 from hf_debias import EnDConfig, get_debias_model
 from hf_debias.data import colour_digits_arrays
 from hf_debias.metrics import group_accuracy
@@ -71,10 +71,8 @@ def summary(values: list[float]) -> dict[str, float]:
 
 
 def run(args) -> dict:
-    torch.set_num_threads(args.threads)
     grid = parse_grid(args.grid)
-    results = {"command": " ".join(sys.argv), "hf_debias": hf_debias.__version__, "torch": torch.__version__,
-               "settings": {k: v for k, v in vars(args).items() if k != "output"}, "rhos": {}}
+    results = {**header(args), "rhos": {}}
     started = time.time()
     for rho in args.rhos:
         entry: dict = {"selection": {}, "report": {}}
@@ -152,12 +150,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--n-validation", type=int, default=10_000, help="validation images")
     parser.add_argument("--n-test", type=int, default=10_000, help="images in each test split")
     parser.add_argument("--image-size", type=int, default=16, help="image side in pixels")
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--progress", action="store_true", help="show a progress bar per run")
-    parser.add_argument("--quick", action="store_true",
-                        help="smoke run: one rho, one seed, one grid point, 2,000 images, 0.5 epoch")
-    parser.add_argument("--output", type=Path, default=Path("benchmarks/results/end_colour_digits.json"),
-                        help="where the JSON results go (a .md table is written next to it)")
+    add_common_arguments(parser, "end_colour_digits")  # --quick: one rho, seed and grid point, 2,000 images
     args = parser.parse_args(argv)
     if args.quick:
         args.rhos, args.seeds, args.grid, args.epochs = [0.99], [0], "1,1", 0.5
@@ -165,8 +159,7 @@ def main(argv: list[str] | None = None) -> dict:
     results = run(args)
     table = markdown(results)
     print(table)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(results, indent=2) + "\n")
+    write_json(args.output, results)
     args.output.with_suffix(".md").write_text(table + "\n")
     return results
 

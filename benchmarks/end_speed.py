@@ -15,7 +15,6 @@ Timings alternate between the two variants and report medians, so that drifts in
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -25,7 +24,8 @@ import timm
 import torch
 import torch.nn.functional as F
 
-import hf_debias
+sys.path.insert(0, str(Path(__file__).parent))
+from _common import add_common_arguments, header, write_json  # noqa: E402
 from hf_debias import EnDConfig, get_debias_model
 from hf_debias.functional import end_penalty
 
@@ -141,17 +141,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--image-size", type=int, default=64, help="training-step image side")
     parser.add_argument("--step-batch", type=int, default=64, help="training-step batch size")
     parser.add_argument("--step-repeats", type=int, default=30, help="timed steps per variant")
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
-    parser.add_argument("--quick", action="store_true", help="smoke run with few repeats and small inputs")
-    parser.add_argument("--output", type=Path, default=Path("benchmarks/results/end_speed.json"),
-                        help="where the JSON results go")
+    add_common_arguments(parser, "end_speed")
     args = parser.parse_args(argv)
     if args.quick:
         args.penalty_repeats, args.step_repeats, args.image_size, args.step_batch = 3, 3, 32, 16
-    torch.set_num_threads(args.threads)
     results = {
-        "command": " ".join(sys.argv), "hf_debias": hf_debias.__version__, "torch": torch.__version__,
-        "threads": args.threads,
+        **header(args),
         "penalty": penalty_benchmark(args.batch, args.dim, args.penalty_repeats),
         "training_step": training_step_benchmark(args.model, args.image_size, args.step_batch, args.step_repeats),
     }
@@ -164,8 +159,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"{step['model']} training step, batch {step['batch']} at {step['image_size']}px: vanilla "
           f"{1e3 * step['seconds']['vanilla']:.1f} ms vs EnD {1e3 * step['seconds']['end']:.1f} ms -> "
           f"{step['overhead_percent']:+.2f} % (target <= 2 %)")
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(results, indent=2) + "\n")
+    write_json(args.output, results)
     return results
 
 

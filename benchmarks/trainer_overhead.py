@@ -11,7 +11,6 @@ The first steps of each run are warm-up and are not timed. Runs alternate betwee
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -23,7 +22,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from transformers import TrainerCallback
 
-import hf_debias
+sys.path.insert(0, str(Path(__file__).parent))
+from _common import add_common_arguments, header, write_json  # noqa: E402
 from hf_debias import EnDConfig, get_debias_model
 from hf_debias.trainer import DebiasTrainer, DebiasTrainingArguments
 
@@ -109,14 +109,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--steps", type=int, default=40, help="timed steps per run")
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps per run")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds; medians are reported")
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
-    parser.add_argument("--quick", action="store_true", help="smoke run")
-    parser.add_argument("--output", type=Path, default=Path("benchmarks/results/trainer_overhead.json"),
-                        help="where the JSON results go")
+    add_common_arguments(parser, "trainer_overhead")
     args = parser.parse_args(argv)
     if args.quick:
         args.steps, args.warmup, args.rounds, args.batch = 3, 1, 1, 32
-    torch.set_num_threads(args.threads)
+    results = header(args)
     data = TensorRows(args.batch * (args.steps + args.warmup + 1), args.image_size)
     samples = {"loop_vanilla": [], "loop_end": [], "trainer_end": []}
     for _ in range(args.rounds):
@@ -124,19 +121,17 @@ def main(argv: list[str] | None = None) -> dict:
         samples["loop_end"].append(loop_step_seconds(args, data, debias=True))
         samples["trainer_end"].append(trainer_step_seconds(args, data))
     seconds = {key: statistics.median(values) for key, values in samples.items()}
-    results = {
-        "command": " ".join(sys.argv), "hf_debias": hf_debias.__version__, "torch": torch.__version__,
-        "settings": {k: v for k, v in vars(args).items() if k != "output"}, "seconds_per_step": seconds,
+    results.update({
+        "seconds_per_step": seconds,
         "samples": samples,
         "penalty_cost_percent": 100 * (seconds["loop_end"] / seconds["loop_vanilla"] - 1),
         "trainer_overhead_percent": 100 * (seconds["trainer_end"] / seconds["loop_end"] - 1),
-    }
+    })
     print(f"{args.model}, batch {args.batch} at {args.image_size}px, ms/step: plain loop {1e3 * seconds['loop_vanilla']:.1f}"
           f" | plain loop + EnD {1e3 * seconds['loop_end']:.1f} ({results['penalty_cost_percent']:+.1f} %)"
           f" | DebiasTrainer + EnD {1e3 * seconds['trainer_end']:.1f} "
           f"({results['trainer_overhead_percent']:+.1f} % over the plain EnD loop; target <= 5 %)")
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(results, indent=2) + "\n")
+    write_json(args.output, results)
     return results
 
 
