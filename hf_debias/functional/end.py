@@ -8,7 +8,8 @@ CVPR 2021. ``features`` are flattened and L2-normalised; ``G_ij = <f_i, f_j>`` c
 - ``r_par`` (entangle): mean of ``(1 - G_ij) / 2`` over same-target, different-bias pairs ``i > j``.
 
 Group sums of G are computed from per-group sums of the unit features, so the default pairing never builds
-the B x B Gram matrix (O(B * D)); ``pairing="reference"`` depends on batch order and uses one masked product.
+the B x B Gram matrix (O(B * D)); ``pairing="reference"`` depends on batch order and needs the Gram entries
+inside each target, taken per target block.
 The official code clamps G to [-1, 1]; for unit vectors that only trims rounding error, so it is omitted.
 
 Both are exactly 0 when the batch has no eligible pair. Everything runs in float32 (or float64 when the input
@@ -75,16 +76,39 @@ def end_terms(
             cell_sums, n_cell = _pair_sums(cell_vectors, cell_norms, cell_counts, None)
             gram_sum, n_par = target_sums.sum() - cell_sums.sum(), n_target - n_cell
         else:
-            # The official code's subset depends on batch order: pairs i > j with b_i < b_j.
-            lower = torch.ones(batch_size, batch_size, dtype=torch.bool, device=flat.device).tril(-1)
-            mask = (targets[:, None] == targets[None, :]) & (bias_labels[:, None] < bias_labels[None, :]) & lower
-            gram_sum = (unit * (mask.to(unit.dtype) @ unit)).sum()
-            n_par = mask.sum()
+            gram_sum, n_par = _reference_pair_sum(unit, target_ids, bias_labels)
         r_par = (n_par - gram_sum) * 0.5 / n_par.clamp_min(1)
     return r_ortho, r_par
 
 
 _EPS = 1e-12  # as F.normalize
+
+
+def _reference_pair_sum(unit: torch.Tensor, target_ids: torch.Tensor,
+                        bias_labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sum of ``<u_i, u_j>`` and count over the official code's pairs: ``i > j`` (batch order), same target,
+    ``b_i < b_j``. Such pairs only exist inside a target, so the Gram products are taken per target block
+    (samples stable-sorted by target, padded), unless padding would make that costlier than one B x B product."""
+    batch_size = unit.shape[0]
+    counts = torch.bincount(target_ids)
+    n_max = int(counts.max())
+    if counts.numel() * n_max * n_max >= batch_size * batch_size:
+        lower = torch.ones(batch_size, batch_size, dtype=torch.bool, device=unit.device).tril(-1)
+        same_target = target_ids[:, None] == target_ids[None, :]
+        mask = same_target & (bias_labels[:, None] < bias_labels[None, :]) & lower
+        return (unit * (mask.to(unit.dtype) @ unit)).sum(), mask.sum()
+    order = torch.argsort(target_ids, stable=True)  # keeps batch order inside each target
+    block_of = target_ids[order]
+    position = torch.arange(batch_size, device=unit.device) - (torch.cumsum(counts, 0) - counts)[block_of]
+    index = (block_of, position)
+    blocks = unit.new_zeros(counts.numel(), n_max, unit.shape[1]).index_put(index, unit[order])
+    bias = bias_labels.new_zeros(counts.numel(), n_max).index_put(index, bias_labels[order])
+    valid = torch.zeros(counts.numel(), n_max, dtype=torch.bool, device=unit.device).index_put(
+        index, torch.ones_like(block_of, dtype=torch.bool))
+    lower = torch.ones(n_max, n_max, dtype=torch.bool, device=unit.device).tril(-1)
+    mask = lower & (bias[:, :, None] < bias[:, None, :]) & valid[:, :, None] & valid[:, None, :]
+    gram = torch.bmm(blocks, blocks.transpose(1, 2))
+    return (gram * mask).sum(), mask.sum()
 
 
 def _pair_sums(cell_vectors: torch.Tensor, cell_norms: torch.Tensor, cell_counts: torch.Tensor,
