@@ -88,6 +88,21 @@ class DebiasModel(nn.Module):
         return DebiasOutput(loss=ce_loss + penalty.total, logits=logits, ce_loss=ce_loss,
                             penalty=penalty.total.detach(), penalty_terms=penalty.terms)
 
+    def activation_checkpointing_enable(self, activation_checkpointing_kwargs: dict | None = None,
+                                        **kwargs) -> None:
+        """Turn on activation (gradient) checkpointing in the wrapped model: transformers' own switch, or timm's
+        ``set_grad_checkpointing``. Called by ``Trainer`` for ``--activation_checkpointing``. The bottleneck hook
+        keeps the first activation of a step, so the recomputation during backward does not replace it."""
+        inner = self.model
+        if hasattr(inner, "activation_checkpointing_enable"):
+            inner.activation_checkpointing_enable(activation_checkpointing_kwargs=activation_checkpointing_kwargs,
+                                                  **kwargs)
+        elif hasattr(inner, "set_grad_checkpointing"):
+            inner.set_grad_checkpointing(True)
+        else:
+            raise ValueError(f"{type(inner).__name__} has no activation checkpointing switch "
+                             "(neither transformers' activation_checkpointing_enable nor timm's set_grad_checkpointing).")
+
     def get_base_model(self) -> nn.Module:
         """The wrapped model (still hooked; see ``unload`` for a clean one)."""
         return self.model

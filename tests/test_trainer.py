@@ -10,7 +10,7 @@ import torch
 from transformers import (HfArgumentParser, TimmWrapperConfig, TimmWrapperForImageClassification, ViTConfig,
                           ViTForImageClassification)
 
-from hf_debias import DebiasConfig, DebiasModel, EnDConfig
+from hf_debias import DebiasConfig, DebiasModel, EnDConfig, get_debias_model
 from hf_debias.trainer import DebiasTrainer, DebiasTrainingArguments
 
 
@@ -168,3 +168,35 @@ def test_model_without_the_named_layer_fails_at_construction(tmp_path):
     with pytest.raises(ValueError, match="Layer 'layer3' not found in SimpleConvNet"):
         DebiasTrainer(model=timm.create_model("simple_convnet", num_classes=3),
                       args=arguments(tmp_path, debias_layer="layer3"), train_dataset=tiny_dataset())
+
+
+@pytest.mark.parametrize("kind", ["timm", "vit"])
+def test_activation_checkpointing_gives_the_same_loss_and_gradients(tmp_path, kind):
+    batch = {key: value for key, value in tiny_dataset(n=8)[:8].items()}
+    results = []
+    for checkpointing in (False, True):
+        torch.manual_seed(0)
+        model = models()[kind] if kind == "vit" else timm.create_model("test_vit", num_classes=3, img_size=16)
+        trainer = DebiasTrainer(model=model, args=arguments(tmp_path, activation_checkpointing=checkpointing))
+        trainer.model.train()
+        loss = trainer.compute_loss(trainer.model, batch)
+        loss.backward()
+        grad = next(p.grad for p in trainer.model.parameters() if p.grad is not None)
+        results.append((loss.detach(), grad.clone()))
+    torch.testing.assert_close(results[0][0], results[1][0])
+    torch.testing.assert_close(results[0][1], results[1][1], atol=1e-6, rtol=1e-5)
+
+
+def test_bf16_autocast_keeps_the_penalty_in_float32(tmp_path):
+    model = get_debias_model(timm.create_model("simple_convnet", num_classes=3), EnDConfig())
+    batch = {key: value for key, value in tiny_dataset(n=8)[:8].items()}
+    model.train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(batch["pixel_values"], labels=batch["labels"], bias_labels=batch["bias_labels"])
+    assert model.method.hook.activation.dtype == torch.bfloat16  # the hooked features are low precision
+    assert out.penalty_terms["end_r_ortho"].dtype == torch.float32 and out.ce_loss.dtype == torch.float32
+    trainer = DebiasTrainer(model=timm.create_model("simple_convnet", num_classes=3),
+                            args=arguments(tmp_path, bf16=True, max_steps=2, logging_steps=1),
+                            train_dataset=tiny_dataset())
+    trainer.train()
+    assert all(np.isfinite(entry["loss"]) for entry in trainer.state.log_history if "loss" in entry)
