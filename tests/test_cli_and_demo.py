@@ -115,3 +115,27 @@ def test_speed_benchmarks_quick_modes(tmp_path):
     trainer = load_benchmark("trainer_overhead").main(["--quick", "--output", str(tmp_path / "trainer.json")])
     assert set(trainer["seconds_per_step"]) == {"loop_vanilla", "loop_end", "trainer_end"}
     assert all(value > 0 for value in trainer["seconds_per_step"].values())
+
+
+def test_cli_train_on_an_image_folder_with_a_bias_csv(tmp_path):
+    from PIL import Image
+
+    rows = ["file_name,bias_labels"]
+    for label in ("cat", "dog"):
+        (tmp_path / "data" / "train" / label).mkdir(parents=True)
+        for index in range(4):
+            name = f"{label}{index}.png"
+            colour = (255, 0, 0) if index % 2 else (0, 0, 255)
+            Image.new("RGB", (16, 16), colour).save(tmp_path / "data" / "train" / label / name)
+            rows.append(f"{name},{index % 2}")
+    (tmp_path / "bias.csv").write_text("\n".join(rows) + "\n")
+    code = main(["train", "--model_name_or_path", "simple_convnet", "--dataset", str(tmp_path / "data"),
+                 "--bias_csv", str(tmp_path / "bias.csv"), "--output_dir", str(tmp_path / "out"), "--debias", "end",
+                 "--max_steps", "1", "--per_device_train_batch_size", "8", "--use_cpu", "true", "--report_to",
+                 "none", "--logging_steps", "1", "--disable_tqdm", "true"])
+    assert code == 0
+    state = json.loads((tmp_path / "out" / "checkpoint-1" / "trainer_state.json").read_text())
+    assert "end_r_ortho" in state["log_history"][0]
+    (tmp_path / "bias.csv").write_text("file_name,group\ncat0.png,1\n")
+    assert main(["train", "--dataset", str(tmp_path / "data"), "--bias_csv", str(tmp_path / "bias.csv"),
+                 "--output_dir", str(tmp_path / "out2"), "--debias", "end", "--use_cpu", "true"]) == 2
