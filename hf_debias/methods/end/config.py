@@ -21,8 +21,8 @@ class EnDConfig(DebiasConfig):
         pairing: ``"all"`` (the paper's pair set) or ``"reference"`` (the official code's subset).
         normalize_forward: put the L2 normalisation into the forward pass at the bottleneck, as the paper's
             network does (the classifier then sees unit-norm features). ``False`` leaves the architecture
-            untouched and normalises only inside the penalty. The default is chosen from our Colour-Digits
-            benchmark (see README / BENCHMARKS.md).
+            untouched and normalises only inside the penalty. Default ``True``: on Colour-Digits it gained
+            15-31 points over vanilla, ``False`` at most 4 (BENCHMARKS.md).
     """
 
     debias_method: ClassVar[str] = "end"
