@@ -24,7 +24,7 @@ from .training import FitConfig, fit, images_to_tensor, predict
 
 @dataclass
 class DemoSettings:
-    """What the demo runs; the defaults take about 2-3 minutes on 2 CPU cores (see BENCHMARKS.md for the
+    """What the demo runs; the defaults take about 2.5 minutes on 2 CPU cores (see BENCHMARKS.md for the
     settings behind them)."""
 
     rho: float = 0.99
