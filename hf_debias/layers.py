@@ -60,7 +60,7 @@ def resolve_layer(model: nn.Module, layer: str | None) -> LayerRef:
     if not isinstance(wanted, str) or not wanted:
         raise ValueError(f"layer must be a module name such as 'layer3' or 'head:input', got {layer!r}.")
     modules = dict(model.named_modules())
-    if wanted in modules and wanted:
+    if wanted in modules:
         return LayerRef(wanted, modules[wanted], on_input)
     matches = [name for name in modules if name and _strip_wrappers(name) == _strip_wrappers(wanted)]
     if len(matches) == 1:

@@ -21,11 +21,9 @@ from transformers import EvalPrediction, Trainer, TrainingArguments
 
 from .config import DebiasConfig, _CONFIG_CLASSES, available_methods
 from .functional.end import PAIRINGS
-from .methods.base import _METHOD_CLASSES
+from .methods.base import method_class_for
 from .metrics.group import group_accuracy, infer_aligned_bias
 from .model import DebiasModel, get_debias_model, logits_of
-
-_METHOD_NEEDS_BIAS = {name: cls.needs_bias_labels for name, cls in _METHOD_CLASSES.items()}
 
 DEBIAS_CHOICES = ("none", *available_methods())
 
@@ -152,9 +150,9 @@ class DebiasTrainer(Trainer):
 
 def _check_training_data(dataset, bias_column: str, args: TrainingArguments, config: DebiasConfig) -> None:
     """Fail early on a missing bias column; warn where the penalty would silently have nothing to work on."""
-    method = _METHOD_NEEDS_BIAS.get(config.debias_method, False)
+    needs_bias = method_class_for(config).needs_bias_labels
     names = getattr(dataset, "column_names", None)
-    if method and names is not None:
+    if needs_bias and names is not None:
         if bias_column not in names:
             raise ValueError(f"--debias {config.debias_method} needs a bias label per sample, but the training "
                              f"dataset has no column {bias_column!r}; its columns are {names}. Pass "
@@ -163,7 +161,7 @@ def _check_training_data(dataset, bias_column: str, args: TrainingArguments, con
         if len(values) < 2:
             warnings.warn(f"The bias column {bias_column!r} has a single value ({sorted(values)}): there is no "
                           f"bias to remove, and {config.debias_method}'s entangling term has no pairs.", stacklevel=3)
-    if method and args.per_device_train_batch_size < 2:
+    if needs_bias and args.per_device_train_batch_size < 2:
         warnings.warn(f"per_device_train_batch_size={args.per_device_train_batch_size}: {config.debias_method}'s "
                       "penalty compares samples within a batch and has no pairs at batch size 1, so it is always 0.",
                       stacklevel=3)
