@@ -4,11 +4,14 @@ __version__ = "0.1.0"
 
 from .config import DebiasConfig, available_methods  # noqa: E402
 from .layers import LayerInfo, find_classifier, list_layers, resolve_layer  # noqa: E402
-from .methods import EnDConfig  # noqa: E402
+from .cav import CAV, compute_cav  # noqa: E402
+from .methods import AClArCConfig, EnDConfig, PClArCConfig, RRClArCConfig  # noqa: E402
 from .model import DebiasModel, DebiasOutput, get_debias_model  # noqa: E402
 from . import functional, models  # noqa: E402,F401  (models registers timm names)
 
 __all__ = [
+    "AClArCConfig",
+    "CAV",
     "DebiasConfig",
     "DebiasModel",
     "DebiasOutput",
@@ -16,8 +19,11 @@ __all__ = [
     "DebiasTrainingArguments",
     "EnDConfig",
     "LayerInfo",
+    "PClArCConfig",
+    "RRClArCConfig",
     "__version__",
     "available_methods",
+    "compute_cav",
     "find_classifier",
     "functional",
     "get_debias_model",

@@ -96,7 +96,12 @@ class DebiasConfig:
         path = Path(directory) / CONFIG_NAME
         if not path.is_file():
             raise FileNotFoundError(f"No {CONFIG_NAME} in {str(directory)!r}.")
-        return cls.from_json_string(path.read_text())
+        config = cls.from_json_string(path.read_text())
+        config.resolve_paths(Path(directory))
+        return config
+
+    def resolve_paths(self, directory: Path) -> None:
+        """Make paths recorded relative to a saved config's folder (e.g. its CAV) absolute again."""
 
 
 def available_methods() -> list[str]:

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .loading import is_timm_name, load_classifier
+from .loading import image_transform_for, load_classifier
 from .report import format_table
 from .trainer import DebiasTrainer, DebiasTrainingArguments
 
@@ -116,25 +116,12 @@ def _attach_bias_csv(splits, csv_path: str, bias_column: str):
     return splits.map(add_bias)
 
 
-def make_transform(model: torch.nn.Module, model_name: str) -> Callable:
-    """The model's own preprocessing: timm's resolved data config, or the transformers image processor."""
-    if is_timm_name(model_name) or hasattr(model, "pretrained_cfg"):
-        import timm
-
-        transform = timm.data.create_transform(**timm.data.resolve_data_config({}, model=model))
-        return lambda images: torch.stack([transform(image.convert("RGB")) for image in images])
-    from transformers import AutoImageProcessor
-
-    processor = AutoImageProcessor.from_pretrained(model_name)
-    return lambda images: processor([image.convert("RGB") for image in images], return_tensors="pt")["pixel_values"]
-
-
 def run_training(model_args: ModelArguments, data_args: DataArguments, training_args: DebiasTrainingArguments):
     """Fine-tune, evaluate, save; returns the trainer and the final eval metrics."""
     train, evaluation = load_data(data_args, training_args.bias_label_column)
     num_labels = len(set(train["labels"]))
     model = load_classifier(model_args.model_name_or_path, num_classes=num_labels, pretrained=model_args.pretrained)
-    to_pixels = make_transform(model, model_args.model_name_or_path)
+    to_pixels = image_transform_for(model, model_args.model_name_or_path)
     keep = ("labels", training_args.bias_label_column)
 
     def transform(batch):

@@ -11,17 +11,23 @@ from .layers import LayerRef, _first_tensor
 Transform = Callable[[torch.Tensor], torch.Tensor]
 
 
+class StopForward(Exception):
+    """Raised by a ``LayerHook(stop_forward=True)`` once it has its activation, to skip the rest of the model."""
+
+
 class LayerHook:
     """Capture the activation at ``ref`` (its output, or its first input for ``name:input``) on every forward.
 
     With a ``transform`` the activation is replaced in the forward pass (EnD's forward normalisation) and the
     captured tensor is the transformed one. Only the first activation after ``reset()`` is kept, so that the
-    recomputation done by gradient checkpointing during backward cannot overwrite it.
+    recomputation done by gradient checkpointing during backward cannot overwrite it. With ``stop_forward`` the
+    hook raises ``StopForward`` right after capturing (activation extraction without running the later layers).
     """
 
-    def __init__(self, ref: LayerRef, transform: Transform | None = None):
+    def __init__(self, ref: LayerRef, transform: Transform | None = None, *, stop_forward: bool = False):
         self.ref = ref
         self.transform = transform
+        self.stop_forward = stop_forward
         self.activation: torch.Tensor | None = None
         if ref.on_input:
             self._handle = ref.module.register_forward_pre_hook(self._on_input)
@@ -42,6 +48,8 @@ class LayerHook:
             tensor = self.transform(tensor)
         if self.activation is None:
             self.activation = tensor
+        if self.stop_forward:
+            raise StopForward
         return tensor
 
     def _on_input(self, module, args):

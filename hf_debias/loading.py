@@ -47,3 +47,62 @@ def load_classifier(name_or_path: str, *, num_classes: int | None = None, pretra
         return AutoModelForImageClassification.from_pretrained(name_or_path)
     return AutoModelForImageClassification.from_pretrained(name_or_path, num_labels=num_classes,
                                                            ignore_mismatched_sizes=True)
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The classifier inside wrappers: ``DebiasModel`` / PEFT (``get_base_model``), DDP / FSDP (``module``) and
+    ``torch.compile`` (``_orig_mod``)."""
+    while True:
+        modules = model.__dict__.get("_modules", {})
+        if "_orig_mod" in modules:
+            model = modules["_orig_mod"]
+        elif "module" in modules and type(model).__name__ in ("DistributedDataParallel", "DataParallel",
+                                                              "FullyShardedDataParallel"):
+            model = modules["module"]
+        elif callable(getattr(type(model), "get_base_model", None)):
+            inner = model.get_base_model()
+            if inner is model:
+                return model
+            model = inner
+        else:
+            return model
+
+
+def model_identity(model: nn.Module) -> tuple[str | None, str | None]:
+    """Where a model came from, for the record: ``(name_or_path, revision)``.
+
+    transformers models carry ``config._name_or_path``; timm models their ``pretrained_cfg`` (Hub id, else
+    architecture name). Wrappers (``DebiasModel``, DDP, ``torch.compile``) are looked through.
+    """
+    model = unwrap_model(model)
+    config = getattr(model, "config", None)
+    if config is not None and getattr(config, "_name_or_path", None):
+        return config._name_or_path, getattr(config, "_commit_hash", None)
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    if cfg:
+        hub_id = cfg.get("hf_hub_id")
+        name = cfg.get("architecture")
+        tag = cfg.get("tag")
+        if hub_id:
+            return hub_id, None
+        return (f"{name}.{tag}" if name and tag else name), None
+    return None, None
+
+
+def image_transform_for(model: nn.Module, name_or_path: str | None = None):
+    """The model's own preprocessing as ``list[PIL.Image] -> pixel_values`` tensor: timm's resolved data config
+    for timm models, else the transformers image processor of ``name_or_path`` (default: the model's own)."""
+    import torch
+
+    if hasattr(model, "pretrained_cfg") or (name_or_path is not None and is_timm_name(name_or_path)):
+        import timm
+
+        transform = timm.data.create_transform(**timm.data.resolve_data_config({}, model=model))
+        return lambda images: torch.stack([transform(image.convert("RGB")) for image in images])
+    from transformers import AutoImageProcessor
+
+    source = name_or_path or model_identity(model)[0]
+    if source is None:
+        raise ValueError(f"Cannot tell which image processor {type(model).__name__} needs; pass pixel_values.")
+    processor = AutoImageProcessor.from_pretrained(source)
+    return lambda images: processor([image.convert("RGB") for image in images], return_tensors="pt")["pixel_values"]

@@ -78,7 +78,8 @@ class DebiasModel(nn.Module):
             check_label_tensor("bias_labels", bias_labels, batch_size)
 
         self.method.begin_forward()
-        logits = logits_of(self.model(pixel_values))
+        with self.method.forward_context():
+            logits = logits_of(self.model(pixel_values))
         if labels is None:
             return DebiasOutput(logits=logits)
         ce_loss = F.cross_entropy(logits.float(), labels)
@@ -87,6 +88,12 @@ class DebiasModel(nn.Module):
         penalty = self.method.penalty(logits=logits, labels=labels, bias_labels=bias_labels)
         return DebiasOutput(loss=ce_loss + penalty.total, logits=logits, ce_loss=ce_loss,
                             penalty=penalty.total.detach(), penalty_terms=penalty.terms)
+
+    def train(self, mode: bool = True) -> DebiasModel:
+        super().train(mode)
+        if self.method is not None:
+            self.method.on_train(mode)
+        return self
 
     def activation_checkpointing_enable(self, activation_checkpointing_kwargs: dict | None = None,
                                         **kwargs) -> None:

@@ -1,7 +1,10 @@
 """Offline benchmark data sets that mimic the papers' protocols."""
 
+from .artifacts import (ARTIFACTS, ArtifactSpec, ArtifactSplit, build_controlled_artifact,
+                        controlled_artifact_arrays, insert_artifact)
 from .colour_digits import (COLOUR_NAMES, COLOURS, ArraySplit, assign_colours, build_colour_digits,
-                            colour_digits_arrays, colourise)
+                            colour_digits_arrays, colourise, digit_arrays)
 
-__all__ = ["COLOURS", "COLOUR_NAMES", "ArraySplit", "assign_colours", "build_colour_digits",
-           "colour_digits_arrays", "colourise"]
+__all__ = ["ARTIFACTS", "COLOURS", "COLOUR_NAMES", "ArraySplit", "ArtifactSpec", "ArtifactSplit", "assign_colours",
+           "build_colour_digits", "build_controlled_artifact", "colour_digits_arrays", "colourise",
+           "controlled_artifact_arrays", "digit_arrays", "insert_artifact"]

@@ -139,6 +139,29 @@ def build_colour_digits(rho: float = 0.99, **kwargs):
     })
 
 
+def digit_arrays(*, n_train: int = 20_000, n_validation: int = 2_000, n_test: int = 5_000, image_size: int = 16,
+                 noise: float = 0.0, validation_fraction: float = 0.1, test_fraction: float = 0.25,
+                 seed: int = 0) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Plain grey digits (white on black, RGB uint8 ``[N, H, W, 3]``) and labels for ``train`` / ``validation`` /
+    ``test``, from disjoint base digits with random affine variants; ``noise`` adds Gaussian pixel noise
+    (standard deviation as a fraction of the intensity range), which makes the digits harder to read."""
+    if noise < 0:
+        raise ValueError(f"noise must be >= 0, got {noise!r}.")
+    rng = np.random.default_rng(seed)
+    generator = torch.Generator().manual_seed(seed)
+    pools = _sklearn_digit_pools(image_size, validation_fraction, test_fraction, rng)
+    out = {}
+    for split, n in (("train", n_train), ("validation", n_validation), ("test", n_test)):
+        base_images, base_labels, _ = pools[split]
+        index = _cycle_indices(len(base_labels), n, rng)
+        strokes = _random_affine(torch.from_numpy(base_images[index]), generator)
+        if noise:
+            strokes = strokes + noise * torch.randn(strokes.shape, generator=generator)
+        grey = np.rint(strokes.clamp(0, 1).numpy() * 255).astype(np.uint8)
+        out[split] = (np.repeat(grey[..., None], 3, axis=-1), base_labels[index])
+    return out
+
+
 def assign_colours(labels: np.ndarray, rho: float, n_confusing_colours: int,
                    rng: np.random.Generator) -> np.ndarray:
     """Give exactly ``round(rho * n_k)`` samples of each class ``k`` colour ``k``; spread the rest evenly over

@@ -1,6 +1,10 @@
 """Correction methods: one sub-package per method (its config and its model-side logic), one registry."""
 
 from .base import DebiasMethod, Penalty, method_class_for
+from .cav_method import CAVConfig
+from .clarc import AClArC, AClArCConfig, PClArC, PClArCConfig
 from .end import EnD, EnDConfig
+from .rr_clarc import RRClArC, RRClArCConfig
 
-__all__ = ["DebiasMethod", "EnD", "EnDConfig", "Penalty", "method_class_for"]
+__all__ = ["AClArC", "AClArCConfig", "CAVConfig", "DebiasMethod", "EnD", "EnDConfig", "PClArC", "PClArCConfig",
+           "Penalty", "RRClArC", "RRClArCConfig", "method_class_for"]

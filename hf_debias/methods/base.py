@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -34,7 +35,8 @@ class DebiasMethod:
 
     def __init_subclass__(cls, **kwargs) -> None:
         super().__init_subclass__(**kwargs)
-        _METHOD_CLASSES[cls.config_class.debias_method] = cls
+        if "config_class" in cls.__dict__:  # abstract intermediate classes do not register
+            _METHOD_CLASSES[cls.config_class.debias_method] = cls
 
     def __init__(self, model: nn.Module, config: DebiasConfig):
         self.model = model
@@ -49,6 +51,13 @@ class DebiasMethod:
 
     def begin_forward(self) -> None:
         """Prepare for a new forward pass (e.g. forget the last captured activation)."""
+
+    def forward_context(self) -> contextlib.AbstractContextManager:
+        """A context the wrapped model's forward runs in (RR-ClArC: the math attention backend)."""
+        return contextlib.nullcontext()
+
+    def on_train(self, mode: bool) -> None:
+        """Called after ``model.train(mode)`` (e.g. to keep frozen norm layers in eval mode)."""
 
     def penalty(self, *, logits: torch.Tensor, labels: torch.Tensor,
                 bias_labels: torch.Tensor | None) -> Penalty:

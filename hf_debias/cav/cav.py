@@ -1,0 +1,222 @@
+"""``CAV``: a unit concept direction at one layer of one model, and what it means.
+
+Stored as ``cav.safetensors`` (the vector) plus ``cav_config.json`` (concept, layer, pooling, method, channel
+count, base model and revision, sample counts, quality figures) — never pickle.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from .. import __version__
+from .._validation import check_choice
+from .fitting import CAV_METHODS, ConceptStatistics, check_concept_labels, fit_direction
+from .pooling import POOLINGS
+
+CAV_WEIGHTS_NAME = "cav.safetensors"
+CAV_CONFIG_NAME = "cav_config.json"
+
+
+@dataclass
+class CAV:
+    """A concept activation vector.
+
+    Attributes:
+        vector: the unit direction, ``[C]`` float32.
+        concept: what the direction means (``"ruler"``, ``"timestamp"``).
+        layer: the layer it was computed at; pooling: how that layer's activation was pooled (``POOLINGS``).
+        method: how it was fitted (``CAV_METHODS``); fit_params: what the fit chose (e.g. the SVM's ``C``).
+        base_model_name_or_path / revision: the model it was computed on.
+        num_samples / num_concept_samples: the samples it was fitted on, and how many showed the concept.
+        concept_mean / clean_mean: mean projection ``h · pool(a)`` of samples with (μ⁺) and without (μ⁻) the
+            concept, which ClArC's projections move samples to.
+        quality: figures such as ``auc`` (concept detection on held-out samples) and ``alignment``.
+    """
+
+    vector: torch.Tensor
+    concept: str | None = None
+    layer: str | None = None
+    pooling: str = "max"
+    method: str = "signal"
+    base_model_name_or_path: str | None = None
+    revision: str | None = None
+    num_samples: int = 0
+    num_concept_samples: int = 0
+    concept_mean: float | None = None
+    clean_mean: float | None = None
+    quality: dict[str, float] = field(default_factory=dict)
+    fit_params: dict[str, Any] = field(default_factory=dict)
+    hf_debias_version: str = __version__
+    name_or_path: str | None = field(default=None, compare=False)
+    """Where it was loaded from or saved to (not stored)."""
+
+    def __post_init__(self) -> None:
+        vector = torch.as_tensor(self.vector)
+        if vector.dim() != 1 or vector.numel() == 0 or not vector.is_floating_point():
+            raise ValueError(f"A CAV vector must be a 1-D float tensor with one entry per channel, got "
+                             f"shape {tuple(vector.shape)} and dtype {vector.dtype}.")
+        norm = vector.double().norm()
+        if not torch.isfinite(norm) or norm == 0:
+            raise ValueError("A CAV vector must be finite and non-zero.")
+        self.vector = (vector.double() / norm).float().cpu()
+        check_choice("pooling", self.pooling, POOLINGS)
+        check_choice("method", self.method, CAV_METHODS)
+
+    @property
+    def num_channels(self) -> int:
+        return self.vector.shape[0]
+
+    # ------------------------------------------------------------------ fitting
+    @classmethod
+    def fit(cls, activations: torch.Tensor, concept_labels: object, *, method: str = "signal",
+            fit_intercept: bool = True, cv: int = 3, validation_fraction: float = 0.0, seed: int = 0,
+            **metadata: Any) -> CAV:
+        """Fit a CAV on pooled activations ``[N, C]`` and 0/1 ``concept_labels``.
+
+        Args:
+            method: ``signal`` (mean with minus mean without the concept; the default), ``fastcav``, or a filter
+                CAV: ``svm``, ``ridge``, ``lasso``, ``logistic`` (balanced sample weights, ``cv``-fold grid search).
+            fit_intercept: filter CAVs only; the paper's formulas include it, the official code leaves it out.
+            validation_fraction: share of samples (stratified) held out to measure the concept-detection AUC.
+            **metadata: ``concept``, ``layer``, ``pooling``, ``base_model_name_or_path``, ``revision``.
+        """
+        activations = torch.as_tensor(activations)
+        if activations.dim() != 2 or not activations.is_floating_point():
+            raise ValueError(f"activations must be pooled floats shaped [N, C], got {tuple(activations.shape)} "
+                             f"{activations.dtype}; pool conv maps / tokens first (hf_debias.cav.pool_activation).")
+        labels = check_concept_labels(concept_labels, activations.shape[0])
+        fit_index, held_out = _stratified_split(labels, validation_fraction, seed)
+        direction, params = fit_direction(activations[fit_index], labels[fit_index], method,
+                                          fit_intercept=fit_intercept, cv=cv, seed=seed)
+        cav = cls(direction, method=method, fit_params=params, **metadata)
+        cav._set_statistics(activations[fit_index], labels[fit_index])
+        if held_out is not None:
+            cav.evaluate(activations[held_out], labels[held_out])
+        return cav
+
+    @classmethod
+    def from_statistics(cls, stats: ConceptStatistics, *, method: str = "signal", **metadata: Any) -> CAV:
+        """The signal / fastcav CAV from streamed per-class sums (see ``compute_cav``)."""
+        cav = cls(stats.direction(method), method=method, **metadata)
+        means = stats.means().float()
+        cav.concept_mean, cav.clean_mean = float(means[1] @ cav.vector), float(means[0] @ cav.vector)
+        cav.num_samples, cav.num_concept_samples = int(stats.counts.sum()), int(stats.counts[1])
+        return cav
+
+    def _set_statistics(self, activations: torch.Tensor, labels: torch.Tensor) -> None:
+        scores = self.project(activations)
+        self.concept_mean = float(scores[labels == 1].mean())
+        self.clean_mean = float(scores[labels == 0].mean())
+        self.num_samples, self.num_concept_samples = int(labels.numel()), int(labels.sum())
+
+    # ------------------------------------------------------------------ use
+    def project(self, pooled: torch.Tensor) -> torch.Tensor:
+        """``h · a`` for pooled activations ``[N, C]``."""
+        self.check_channels(pooled.shape[-1])
+        return pooled.float() @ self.vector.to(pooled.device)
+
+    def evaluate(self, activations: torch.Tensor, concept_labels: object) -> float:
+        """Concept-detection ROC AUC of ``h · a`` on (held-out) pooled activations; stored in ``quality['auc']``."""
+        from sklearn.metrics import roc_auc_score
+
+        labels = check_concept_labels(concept_labels, activations.shape[0])
+        auc = float(roc_auc_score(labels.numpy(), self.project(torch.as_tensor(activations)).cpu().numpy()))
+        self.quality["auc"] = auc
+        return auc
+
+    def check_channels(self, num_channels: int, layer: str | None = None) -> None:
+        """Raise if the layer has another channel count than the CAV; the message names both."""
+        if num_channels != self.num_channels:
+            where = f"layer {layer!r}" if layer else "the activation"
+            raise ValueError(f"The CAV has {self.num_channels} channels but {where} has {num_channels}; it was "
+                             f"computed at layer {self.layer!r} of {self.base_model_name_or_path!r}.")
+
+    # ------------------------------------------------------------------ files
+    def metadata(self) -> dict[str, Any]:
+        """Everything but the vector, as JSON-serialisable values."""
+        return {
+            "concept": self.concept, "layer": self.layer, "pooling": self.pooling, "method": self.method,
+            "num_channels": self.num_channels, "base_model_name_or_path": self.base_model_name_or_path,
+            "revision": self.revision, "num_samples": self.num_samples,
+            "num_concept_samples": self.num_concept_samples, "concept_mean": self.concept_mean,
+            "clean_mean": self.clean_mean, "quality": dict(self.quality), "fit_params": _jsonable(self.fit_params),
+            "hf_debias_version": self.hf_debias_version,
+        }
+
+    def save_pretrained(self, save_directory: str | os.PathLike) -> Path:
+        """Write ``cav.safetensors`` and ``cav_config.json`` into ``save_directory``."""
+        path = Path(save_directory)
+        path.mkdir(parents=True, exist_ok=True)
+        save_file({"cav": self.vector.contiguous()}, str(path / CAV_WEIGHTS_NAME))
+        (path / CAV_CONFIG_NAME).write_text(json.dumps(self.metadata(), indent=2, sort_keys=True) + "\n")
+        self.name_or_path = str(path)
+        return path
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | os.PathLike, *, subfolder: str | None = None,
+                        revision: str | None = None, **hub_kwargs: Any) -> CAV:
+        """Load a CAV from a local folder or a Hub repo (``subfolder`` for one of several concepts)."""
+        folder = Path(name_or_path) / (subfolder or "")
+        if folder.is_dir():
+            config_path, weights_path = folder / CAV_CONFIG_NAME, folder / CAV_WEIGHTS_NAME
+            if not config_path.is_file() or not weights_path.is_file():
+                raise FileNotFoundError(f"{str(folder)!r} has no {CAV_CONFIG_NAME} + {CAV_WEIGHTS_NAME}; found "
+                                        f"{sorted(p.name for p in folder.iterdir())}.")
+        else:
+            from huggingface_hub import hf_hub_download
+
+            kwargs = dict(subfolder=subfolder, revision=revision, **hub_kwargs)
+            config_path = Path(hf_hub_download(str(name_or_path), CAV_CONFIG_NAME, **kwargs))
+            weights_path = Path(hf_hub_download(str(name_or_path), CAV_WEIGHTS_NAME, **kwargs))
+        metadata = json.loads(config_path.read_text())
+        tensors = load_file(str(weights_path))
+        if set(tensors) != {"cav"}:
+            raise ValueError(f"{weights_path} must hold exactly one tensor named 'cav', got {sorted(tensors)}.")
+        vector = tensors["cav"]
+        expected = metadata.pop("num_channels", vector.numel())
+        if vector.dim() != 1 or vector.numel() != expected:
+            raise ValueError(f"{weights_path} holds a CAV of shape {tuple(vector.shape)}, but {config_path.name} "
+                             f"says num_channels={expected}.")
+        known = {"concept", "layer", "pooling", "method", "base_model_name_or_path", "revision", "num_samples",
+                 "num_concept_samples", "concept_mean", "clean_mean", "quality", "fit_params", "hf_debias_version"}
+        cav = cls(vector, **{key: value for key, value in metadata.items() if key in known})
+        cav.name_or_path = str(name_or_path) if subfolder is None else f"{name_or_path}/{subfolder}"
+        return cav
+
+    def __repr__(self) -> str:
+        quality = ", ".join(f"{key}={value:.3f}" for key, value in self.quality.items())
+        return (f"CAV(concept={self.concept!r}, layer={self.layer!r}, channels={self.num_channels}, "
+                f"method={self.method!r}, pooling={self.pooling!r}, samples={self.num_samples}"
+                f"{', ' + quality if quality else ''})")
+
+
+def _stratified_split(labels: torch.Tensor, fraction: float, seed: int):
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"validation_fraction must be in [0, 1), got {fraction!r}.")
+    if fraction == 0.0:
+        return torch.arange(labels.numel()), None
+    rng = np.random.default_rng(seed)
+    held = []
+    for value in (0, 1):
+        members = rng.permutation(np.flatnonzero(labels.numpy() == value))
+        count = int(round(fraction * len(members)))
+        if count == 0 or count == len(members):
+            raise ValueError(f"validation_fraction={fraction} leaves no {'concept' if value else 'clean'} "
+                             f"samples on one side ({len(members)} in all).")
+        held.append(members[:count])
+    held_out = np.sort(np.concatenate(held))
+    keep = np.setdiff1d(np.arange(labels.numel()), held_out)
+    return torch.from_numpy(keep), torch.from_numpy(held_out)
+
+
+def _jsonable(values: dict[str, Any]) -> dict[str, Any]:
+    return {key: (float(value) if isinstance(value, (np.floating, np.integer)) else value)
+            for key, value in values.items()}

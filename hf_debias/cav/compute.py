@@ -1,0 +1,174 @@
+"""``compute_cav``: run a model over data, pool one layer's activations and fit a CAV.
+
+For the signal / fastcav CAVs this is one streaming pass: only per-class sums (O(C)) and a bounded held-out
+sample (for the AUC) are kept, whatever the number of images. The forward pass stops at the layer, so a pass
+costs less than full inference. Filter CAVs keep the pooled activations, ``[N, C]``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .._validation import check_choice
+from ..hooks import LayerHook, StopForward
+from ..layers import resolve_layer
+from ..loading import model_identity
+from .cav import CAV
+from .fitting import CAV_METHODS, STREAMING_METHODS, ConceptStatistics, check_concept_labels
+from .pooling import POOLINGS, pool_activation
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+@torch.no_grad()
+def compute_cav(model: nn.Module, layer: str | None, data: Any, *, concept: str | None = None,
+                method: str = "signal", pooling: str = "max", concept_column: str = "concept",
+                batch_size: int = 64, device: str | torch.device | None = None,
+                validation_fraction: float = 0.1, max_validation_samples: int = 2048,
+                fit_intercept: bool = True, cv: int = 3, seed: int = 0, progress: bool = True) -> CAV:
+    """Compute a CAV for ``concept`` at ``layer`` of ``model``.
+
+    Args:
+        layer: a module name (``"layer3"``, ``"blocks.5"``, ``"head:input"``); ``None``: the classifier's input.
+        data: a ``DataLoader`` (or any iterable) of batches — ``(pixel_values, concept_labels)`` tuples or dicts
+            with ``pixel_values`` and ``concept_column`` —, a ``(pixel_values, concept_labels)`` pair of tensors,
+            or a ``datasets.Dataset`` with ``pixel_values`` (or ``image``, preprocessed with the model's own
+            data config) and ``concept_column``.
+        method: ``signal`` (default) or ``fastcav`` stream; ``svm`` / ``ridge`` / ``lasso`` / ``logistic``
+            collect the pooled activations and fit a scikit-learn model.
+        pooling: ``max`` or ``mean`` over positions / tokens, or ``cls`` (first token) for token models.
+        validation_fraction: every k-th sample (k = 1 / fraction) is held out, up to ``max_validation_samples``,
+            to measure the concept-detection AUC (``cav.quality["auc"]``); 0 uses every sample for the fit.
+        device: where to run (default: where the model's parameters are).
+    """
+    check_choice("method", method, CAV_METHODS)
+    check_choice("pooling", pooling, POOLINGS)
+    if not 0.0 <= validation_fraction < 1.0:
+        raise ValueError(f"validation_fraction must be in [0, 1), got {validation_fraction!r}.")
+    ref = resolve_layer(model, layer)
+    device = torch.device(device) if device is not None else _model_device(model)
+    was_training = model.training
+    model.eval()
+    hook = LayerHook(ref, stop_forward=True)
+    streaming = method in STREAMING_METHODS
+    stats: ConceptStatistics | None = None
+    fit_rows: list[torch.Tensor] = []
+    fit_labels: list[torch.Tensor] = []
+    held_rows: list[torch.Tensor] = []
+    held_labels: list[torch.Tensor] = []
+    every = round(1 / validation_fraction) if validation_fraction > 0 else 0
+    seen = held = 0
+    try:
+        for pixel_values, labels in tqdm(_batches(data, model, concept_column, batch_size), desc="computing CAV",
+                                         disable=not progress, total=_num_batches(data, batch_size)):
+            labels = check_concept_labels(labels, pixel_values.shape[0], require_both=False)
+            hook.reset()
+            try:
+                model(pixel_values.to(device))
+            except StopForward:
+                pass
+            if hook.activation is None:
+                raise RuntimeError(f"Layer {ref.spec!r} did not run during the forward pass.")
+            pooled = pool_activation(hook.activation, pooling).float().cpu()
+            index = torch.arange(seen, seen + labels.numel())
+            seen += labels.numel()
+            take = (index % every == 0) if every else torch.zeros_like(index, dtype=torch.bool)
+            if held + int(take.sum()) > max_validation_samples:
+                take &= torch.cumsum(take.long(), 0) <= max_validation_samples - held
+            held += int(take.sum())
+            if take.any():
+                held_rows.append(pooled[take])
+                held_labels.append(labels[take])
+            if streaming:
+                stats = stats or ConceptStatistics(pooled.shape[1])
+                stats.update(pooled[~take], labels[~take])
+            else:
+                fit_rows.append(pooled[~take])
+                fit_labels.append(labels[~take])
+    finally:
+        hook.remove()
+        model.train(was_training)
+    if seen == 0:
+        raise ValueError("data yielded no samples.")
+    name, revision = model_identity(model)
+    metadata = dict(concept=concept, layer=ref.spec, pooling=pooling, base_model_name_or_path=name,
+                    revision=revision)
+    if streaming:
+        cav = CAV.from_statistics(stats, method=method, **metadata)
+    else:
+        cav = CAV.fit(torch.cat(fit_rows), torch.cat(fit_labels), method=method, fit_intercept=fit_intercept,
+                      cv=cv, seed=seed, **metadata)
+    if held_rows:
+        held_labels_all = torch.cat(held_labels)
+        if held_labels_all.unique().numel() == 2:
+            cav.evaluate(torch.cat(held_rows), held_labels_all)
+    return cav
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    parameter = next(model.parameters(), None)
+    return parameter.device if parameter is not None else torch.device("cpu")
+
+
+def _num_batches(data: Any, batch_size: int) -> int | None:
+    if isinstance(data, tuple) and len(data) == 2:
+        return -(-len(data[0]) // batch_size)
+    try:
+        length = len(data)
+    except TypeError:
+        return None
+    return length if isinstance(data, torch.utils.data.DataLoader) else -(-length // batch_size)
+
+
+def _batches(data: Any, model: nn.Module, concept_column: str, batch_size: int) -> Iterator[Batch]:
+    """Normalise every supported input to ``(pixel_values, concept_labels)`` batches."""
+    if isinstance(data, tuple) and len(data) == 2 and isinstance(data[0], torch.Tensor):
+        images, labels = data
+        labels = torch.as_tensor(labels)
+        if labels.shape[0] != images.shape[0]:
+            raise ValueError(f"{images.shape[0]} images but {labels.shape[0]} concept labels.")
+        for start in range(0, images.shape[0], batch_size):
+            yield images[start:start + batch_size], labels[start:start + batch_size]
+        return
+    if _is_hf_dataset(data):
+        yield from _dataset_batches(data, model, concept_column, batch_size)
+        return
+    if not isinstance(data, Iterable):
+        raise ValueError(f"data must be a DataLoader, a (pixel_values, concept_labels) pair or a datasets.Dataset, "
+                         f"got {type(data).__name__}.")
+    for batch in data:
+        if isinstance(batch, dict):
+            if "pixel_values" not in batch or concept_column not in batch:
+                raise ValueError(f"Each batch needs 'pixel_values' and {concept_column!r}; got keys {sorted(batch)}. "
+                                 "Pass concept_column=... to name the concept label column.")
+            yield batch["pixel_values"], torch.as_tensor(batch[concept_column])
+        elif isinstance(batch, (tuple, list)) and len(batch) >= 2:
+            yield batch[0], torch.as_tensor(batch[1])
+        else:
+            raise ValueError(f"A batch must be (pixel_values, concept_labels) or a dict, got {type(batch).__name__}.")
+
+
+def _is_hf_dataset(data: Any) -> bool:
+    return type(data).__module__.startswith("datasets") and hasattr(data, "column_names")
+
+
+def _dataset_batches(dataset, model: nn.Module, concept_column: str, batch_size: int) -> Iterator[Batch]:
+    from ..loading import image_transform_for
+
+    names = dataset.column_names
+    if concept_column not in names:
+        raise ValueError(f"The dataset has no concept column {concept_column!r}; its columns are {names}.")
+    to_pixels = None
+    if "pixel_values" not in names:
+        if "image" not in names:
+            raise ValueError(f"The dataset needs a 'pixel_values' or an 'image' column; it has {names}.")
+        to_pixels = image_transform_for(model)
+    for start in range(0, len(dataset), batch_size):
+        rows = dataset[start:start + batch_size]
+        pixels = to_pixels(rows["image"]) if to_pixels else torch.as_tensor(rows["pixel_values"])
+        yield pixels, torch.as_tensor(rows[concept_column])

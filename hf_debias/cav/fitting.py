@@ -1,0 +1,150 @@
+"""Fit a concept direction from pooled activations: the signal (pattern) CAV and the filter CAVs.
+
+The signal CAV (Pahde et al.; methods.md §2) is ``mean(a | t=1) − mean(a | t=0)``, which needs only per-class
+sums (``ConceptStatistics``, O(C) memory, one streaming pass). The filter CAVs are linear models from
+scikit-learn fitted on the pooled activations with balanced sample weights and a cross-validated
+regularisation grid.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import torch
+
+from .._validation import check_choice
+
+CAV_METHODS = ("signal", "fastcav", "svm", "ridge", "lasso", "logistic")
+STREAMING_METHODS = ("signal", "fastcav")
+"""Methods that need only per-class sums (one streaming pass); the others keep the pooled activations."""
+
+REGULARISATION_GRID = {
+    "svm": ("C", (1e-3, 1e-2, 1e-1, 1.0, 10.0)),
+    "logistic": ("C", (1e-3, 1e-2, 1e-1, 1.0, 10.0)),
+    "ridge": ("alpha", (1e-2, 1e-1, 1.0, 10.0, 100.0)),
+    "lasso": ("alpha", (1e-4, 1e-3, 1e-2, 1e-1)),
+}
+"""The hyper-parameter each filter CAV searches and its grid (log-spaced, as in the paper's code)."""
+
+
+class ConceptStatistics:
+    """Running per-class sums of pooled activations (class 0: without the concept, 1: with it).
+
+    Memory is O(C) whatever the number of samples; ``update`` accepts batches, and two statistics (e.g. from
+    two processes) add up with ``merge``.
+    """
+
+    def __init__(self, num_channels: int):
+        self.sums = torch.zeros(2, num_channels, dtype=torch.float64)
+        self.counts = torch.zeros(2, dtype=torch.float64)
+
+    @property
+    def num_channels(self) -> int:
+        return self.sums.shape[1]
+
+    def update(self, pooled: torch.Tensor, concept_labels: torch.Tensor) -> None:
+        pooled = pooled.detach().to("cpu", torch.float64)
+        labels = check_concept_labels(concept_labels, pooled.shape[0], require_both=False)
+        self.sums.index_add_(0, labels, pooled)
+        self.counts += torch.bincount(labels, minlength=2).double()
+
+    def merge(self, other: ConceptStatistics) -> ConceptStatistics:
+        self.sums += other.sums
+        self.counts += other.counts
+        return self
+
+    def means(self) -> torch.Tensor:
+        """``[2, C]``: the mean pooled activation without (row 0) and with (row 1) the concept."""
+        if (self.counts == 0).any():
+            raise ValueError(f"A CAV needs samples with and without the concept; got {int(self.counts[1])} with "
+                             f"and {int(self.counts[0])} without.")
+        return self.sums / self.counts[:, None]
+
+    def direction(self, method: str = "signal") -> torch.Tensor:
+        """The unnormalised streaming direction: ``mean₁ − mean₀`` (signal) or ``mean₁ − mean`` (fastcav)."""
+        check_choice("method", method, STREAMING_METHODS)
+        means = self.means()
+        if method == "signal":
+            return means[1] - means[0]
+        overall = self.sums.sum(dim=0) / self.counts.sum()
+        return means[1] - overall
+
+
+def check_concept_labels(labels: object, num_samples: int, *, require_both: bool = True) -> torch.Tensor:
+    """0/1 concept labels as a long tensor; with ``require_both``, both values must occur."""
+    tensor = torch.as_tensor(np.asarray(labels) if not isinstance(labels, torch.Tensor) else labels)
+    if tensor.dim() != 1 or tensor.shape[0] != num_samples:
+        raise ValueError(f"concept_labels must be 1-D with one 0/1 value per sample ({num_samples}), got shape "
+                         f"{tuple(tensor.shape)}.")
+    if tensor.is_floating_point() and not torch.equal(tensor, tensor.round()):
+        raise ValueError("concept_labels must be 0 (concept absent) or 1 (present), got fractional values.")
+    tensor = tensor.long()
+    values = set(tensor.unique().tolist())
+    if not values <= {0, 1}:
+        raise ValueError(f"concept_labels must be 0 (concept absent) or 1 (present), got values {sorted(values)}.")
+    if require_both and len(values) < 2:
+        raise ValueError(f"concept_labels are all {values.pop() if values else '(empty)'}: a CAV needs samples with "
+                         "(1) and without (0) the concept.")
+    return tensor
+
+
+def fit_direction(activations: torch.Tensor, concept_labels: torch.Tensor, method: str, *,
+                  fit_intercept: bool = True, cv: int = 3, seed: int = 0) -> tuple[torch.Tensor, dict]:
+    """The unnormalised direction for ``method`` and what was chosen (e.g. the regularisation strength)."""
+    check_choice("method", method, CAV_METHODS)
+    if method in STREAMING_METHODS:
+        stats = ConceptStatistics(activations.shape[1])
+        stats.update(activations, concept_labels)
+        return stats.direction(method), {}
+    return _fit_filter(activations.detach().cpu().double().numpy(), concept_labels.cpu().numpy(), method,
+                       fit_intercept=fit_intercept, cv=cv, seed=seed)
+
+
+def _fit_filter(x: np.ndarray, t: np.ndarray, method: str, *, fit_intercept: bool, cv: int,
+                seed: int) -> tuple[torch.Tensor, dict]:
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import Lasso, LogisticRegression, RidgeClassifier
+    from sklearn.metrics import roc_auc_score
+    from sklearn.model_selection import StratifiedKFold
+    from sklearn.svm import LinearSVC
+    from sklearn.utils.class_weight import compute_sample_weight
+
+    param, grid = REGULARISATION_GRID[method]
+
+    def make(value: float):
+        if method == "svm":
+            return LinearSVC(C=value, fit_intercept=fit_intercept, max_iter=5000, random_state=seed)
+        if method == "logistic":
+            return LogisticRegression(C=value, fit_intercept=fit_intercept, max_iter=2000)
+        if method == "ridge":
+            return RidgeClassifier(alpha=value, fit_intercept=fit_intercept)
+        return Lasso(alpha=value, fit_intercept=fit_intercept, max_iter=5000, random_state=seed)
+
+    def train(estimator, index: np.ndarray):
+        targets = t[index] if method != "lasso" else 2.0 * t[index] - 1.0  # lasso regresses on ±1
+        estimator.fit(x[index], targets, sample_weight=compute_sample_weight("balanced", t[index]))
+        return estimator
+
+    def score(estimator, index: np.ndarray) -> float:
+        values = estimator.predict(x[index]) if method == "lasso" else estimator.decision_function(x[index])
+        return roc_auc_score(t[index], values)
+
+    folds = min(cv, int(np.bincount(t, minlength=2).min()))
+    scores = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        if folds >= 2:
+            splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+            for value in grid:
+                scores[value] = float(np.mean([score(train(make(value), fit_index), test_index)
+                                               for fit_index, test_index in splitter.split(x, t)]))
+            best = max(grid, key=lambda value: (scores[value], -grid.index(value)))
+        else:
+            best = grid[len(grid) // 2]
+        estimator = train(make(best), np.arange(len(t)))
+    direction = torch.from_numpy(np.asarray(estimator.coef_, dtype=np.float64).reshape(-1))
+    if not torch.any(direction != 0):
+        raise ValueError(f"The {method} CAV came out all zeros ({param}={best}): the concept is not linearly "
+                         "detectable at this layer with this regularisation. Try another layer or method='signal'.")
+    return direction, {param: best, "cv_auc": scores.get(best), "fit_intercept": fit_intercept}

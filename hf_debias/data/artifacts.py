@@ -1,0 +1,221 @@
+"""The controlled-artifact benchmark (RR-ClArC's evaluation protocol, methods.md §2).
+
+An artificial artifact is inserted into a fraction ``p`` of the training images of **one** class, so a vanilla
+model can learn "artifact ⇒ that class" as a shortcut. The test set comes twice: ``test_clean`` without
+artifacts and ``test_attacked`` with the artifact in every image of every class. A corrected model keeps its
+clean accuracy and recovers its attacked accuracy. Every image carries its 0/1 ``artifact`` label (the concept
+label a CAV is fitted on) and the ``artifact_mask`` of the pixels the artifact touched.
+
+Artifacts (``ARTIFACTS``): a solid ``patch`` in a corner, a ``timestamp``-like text in a corner, a global
+``brightness`` blend, and ``hidden_bits``, a fixed pattern in the low bits of every pixel (invisible to the eye).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .._validation import check_choice
+
+ARTIFACTS = ("patch", "timestamp", "brightness", "hidden_bits")
+CORNERS = ("bottom_right", "bottom_left", "top_right", "top_left")
+SPLITS = ("train", "validation", "test_clean", "test_attacked")
+
+# 3x5 pixel glyphs for a timestamp; rows top to bottom, "1" = ink.
+_GLYPHS = {
+    "0": ("111", "101", "101", "101", "111"), "1": ("010", "110", "010", "010", "111"),
+    "2": ("111", "001", "111", "100", "111"), "3": ("111", "001", "111", "001", "111"),
+    "4": ("101", "101", "111", "001", "001"), "5": ("111", "100", "111", "001", "111"),
+    "6": ("111", "100", "111", "101", "111"), "7": ("111", "001", "010", "010", "010"),
+    "8": ("111", "101", "111", "101", "111"), "9": ("111", "101", "111", "001", "111"),
+    ":": ("000", "010", "000", "010", "000"),
+}
+
+
+@dataclass
+class ArtifactSpec:
+    """How to draw one artifact.
+
+    Args:
+        kind: one of ``ARTIFACTS``.
+        size: patch side in pixels (default: a fifth of the image side, at least 3); text scale for timestamp.
+        corner: where patch and timestamp go (``CORNERS``).
+        colour: RGB of patch and timestamp ink.
+        strength: brightness blend weight towards white (default 0.35).
+        bits: how many low bits ``hidden_bits`` overwrites (default 2).
+        text: the timestamp's characters (digits and ':'), cut to what fits.
+    """
+
+    kind: str = "patch"
+    size: int | None = None
+    corner: str = "bottom_right"
+    colour: tuple[int, int, int] = (255, 255, 255)
+    strength: float = 0.35
+    bits: int = 2
+    text: str = "12:34"
+
+    def __post_init__(self) -> None:
+        check_choice("artifact", self.kind, ARTIFACTS)
+        check_choice("corner", self.corner, CORNERS)
+        if self.size is not None and self.size < 1:
+            raise ValueError(f"size must be >= 1, got {self.size!r}.")
+        if not 0.0 < self.strength <= 1.0:
+            raise ValueError(f"strength must be in (0, 1], got {self.strength!r}.")
+        if not 1 <= self.bits <= 7:
+            raise ValueError(f"bits must be between 1 and 7, got {self.bits!r}.")
+        bad = sorted(set(self.text) - set(_GLYPHS))
+        if bad:
+            raise ValueError(f"text may only use {''.join(sorted(_GLYPHS))}; got {bad}.")
+
+
+def insert_artifact(images: np.ndarray, spec: ArtifactSpec | str = "patch") -> tuple[np.ndarray, np.ndarray]:
+    """Return a copy of uint8 ``images`` ``[N, H, W, 3]`` with the artifact drawn in, and its boolean mask
+    ``[N, H, W]`` (True where the artifact changed or may change pixels)."""
+    spec = ArtifactSpec(spec) if isinstance(spec, str) else spec
+    images = np.asarray(images)
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
+        raise ValueError(f"images must be uint8 [N, H, W, 3], got {images.dtype} {images.shape}.")
+    out = images.copy()
+    height, width = images.shape[1:3]
+    mask = np.zeros((height, width), dtype=bool)
+    if spec.kind == "patch":
+        side = spec.size or max(3, min(height, width) // 5)
+        rows, cols = _corner_slices(spec.corner, height, width, side, side, margin=1)
+        mask[rows, cols] = True
+        out[:, mask] = spec.colour
+    elif spec.kind == "timestamp":
+        ink = _render_text(spec.text, spec.size or max(1, min(height, width) // 32), width - 2)
+        rows, cols = _corner_slices(spec.corner, height, width, *ink.shape, margin=1)
+        mask[rows, cols] = ink
+        out[:, mask] = spec.colour
+    elif spec.kind == "brightness":
+        mask[:] = True
+        blended = images.astype(np.float32) * (1 - spec.strength) + 255.0 * spec.strength
+        out = np.rint(blended).astype(np.uint8)
+    else:  # hidden_bits: a fixed pseudo-random pattern in the low bits, the same for every image
+        mask[:] = True
+        pattern = np.random.default_rng(1234).integers(0, 2 ** spec.bits, size=(height, width, 3), dtype=np.uint8)
+        out = (images & np.uint8(256 - 2 ** spec.bits)) | pattern
+    return out, np.broadcast_to(mask, images.shape[:3]).copy()
+
+
+def _corner_slices(corner: str, height: int, width: int, rows: int, cols: int, margin: int):
+    if rows + margin > height or cols + margin > width:
+        raise ValueError(f"An artifact of {rows}x{cols} pixels does not fit into {height}x{width} images.")
+    top = margin if corner.startswith("top") else height - margin - rows
+    left = margin if corner.endswith("left") else width - margin - cols
+    return slice(top, top + rows), slice(left, left + cols)
+
+
+def _render_text(text: str, scale: int, max_width: int) -> np.ndarray:
+    """The ink of ``text`` in the 3x5 font at ``scale``, cut to the characters that fit into ``max_width``."""
+    glyphs = [np.array([[c == "1" for c in row] for row in _GLYPHS[char]]) for char in text]
+    while glyphs and (4 * len(glyphs) - 1) * scale > max_width:
+        glyphs = glyphs[:-1]
+    if len(glyphs) < 2:
+        raise ValueError(f"A timestamp does not fit into images {max_width + 2} pixels wide; use a larger image "
+                         "size or another artifact.")
+    gap = np.zeros((5, 1), dtype=bool)
+    ink = np.concatenate([part for glyph in glyphs for part in (glyph, gap)][:-1], axis=1)
+    return np.kron(ink, np.ones((scale, scale), dtype=bool))
+
+
+@dataclass
+class ArtifactSplit:
+    """One split as arrays: uint8 ``images`` ``[N, H, W, 3]``, int64 ``labels``, 0/1 ``artifact`` and the
+    boolean ``masks`` ``[N, H, W]`` (all False where there is no artifact)."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    artifact: np.ndarray
+    masks: np.ndarray
+
+
+def controlled_artifact_arrays(source: dict[str, tuple[np.ndarray, np.ndarray]] | None = None, *,
+                               artifact: ArtifactSpec | str = "patch", target_class: int = 0, p: float = 0.5,
+                               seed: int = 0, **digit_kwargs) -> dict[str, ArtifactSplit]:
+    """Build the four splits as arrays; see ``build_controlled_artifact``."""
+    spec = ArtifactSpec(artifact) if isinstance(artifact, str) else artifact
+    if not 0.0 < p <= 1.0:
+        raise ValueError(f"p must be in (0, 1], got {p!r}.")
+    if source is None:
+        from .colour_digits import digit_arrays
+
+        source = digit_arrays(seed=seed, **digit_kwargs)
+    elif digit_kwargs:
+        raise ValueError(f"{sorted(digit_kwargs)} only apply to the built-in digits, not to a passed source.")
+    missing = [name for name in ("train", "test") if name not in source]
+    if missing:
+        raise ValueError(f"source needs 'train' and 'test' splits (and optionally 'validation'); missing {missing}.")
+    rng = np.random.default_rng(seed)
+    out = {}
+    for split in SPLITS:
+        base = {"test_clean": "test", "test_attacked": "test"}.get(split, split)
+        if base not in source:
+            continue
+        images, labels = source[base]
+        labels = np.asarray(labels, dtype=np.int64)
+        if target_class not in set(labels.tolist()):
+            raise ValueError(f"target_class={target_class} does not occur in the {base!r} labels "
+                             f"({sorted(set(labels.tolist()))[:20]}).")
+        if split == "test_attacked":
+            chosen = np.ones(len(labels), dtype=bool)
+        elif split == "test_clean":
+            chosen = np.zeros(len(labels), dtype=bool)
+        else:  # exactly round(p * n) images of the target class
+            members = rng.permutation(np.flatnonzero(labels == target_class))
+            chosen = np.zeros(len(labels), dtype=bool)
+            chosen[members[:int(round(p * len(members)))]] = True
+        with_artifact, masks = insert_artifact(images, spec)
+        out[split] = ArtifactSplit(np.where(chosen[:, None, None, None], with_artifact, images), labels,
+                                   chosen.astype(np.int64), masks & chosen[:, None, None])
+    return out
+
+
+def build_controlled_artifact(source=None, *, artifact: ArtifactSpec | str = "patch", target_class: int = 0,
+                              p: float = 0.5, seed: int = 0, **digit_kwargs):
+    """The controlled-artifact benchmark as a ``datasets.DatasetDict`` with splits ``train``, ``validation``,
+    ``test_clean`` and ``test_attacked`` and columns ``image`` (PIL), ``labels``, ``artifact`` (0/1) and
+    ``artifact_mask`` (PIL, 255 where the artifact is).
+
+    Args:
+        source: ``None`` for the built-in digits (offline), a ``datasets.DatasetDict`` with ``train`` and
+            ``test`` (and optionally ``validation``) splits with ``image`` and ``label(s)`` columns, or a dict
+            ``{split: (uint8 images [N, H, W, 3], labels)}``. Images of one split must share a size.
+        artifact: an ``ArtifactSpec`` or one of ``ARTIFACTS``.
+        target_class: the class whose training images get the artifact.
+        p: the share of that class's training (and validation) images that get it.
+        **digit_kwargs: for the built-in digits: ``n_train``, ``n_validation``, ``n_test``, ``image_size``,
+            ``noise`` (see ``hf_debias.data.digit_arrays``).
+    """
+    import datasets
+
+    if isinstance(source, datasets.DatasetDict) or (source is not None and not isinstance(source, dict)):
+        source = _arrays_from_datasets(source)
+    arrays = controlled_artifact_arrays(source, artifact=artifact, target_class=target_class, p=p, seed=seed,
+                                        **digit_kwargs)
+    features = datasets.Features({"image": datasets.Image(), "labels": datasets.Value("int64"),
+                                  "artifact": datasets.ClassLabel(names=["clean", "artifact"]),
+                                  "artifact_mask": datasets.Image()})
+    return datasets.DatasetDict({
+        split: datasets.Dataset.from_dict(
+            {"image": list(data.images), "labels": data.labels, "artifact": data.artifact,
+             "artifact_mask": list((data.masks * 255).astype(np.uint8))},
+            features=features, split=datasets.NamedSplit(split))
+        for split, data in arrays.items()
+    })
+
+
+def _arrays_from_datasets(splits) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    out = {}
+    for name, dataset in splits.items():
+        label_column = "labels" if "labels" in dataset.column_names else "label"
+        if "image" not in dataset.column_names or label_column not in dataset.column_names:
+            raise ValueError(f"Split {name!r} needs 'image' and 'label' (or 'labels') columns; it has "
+                             f"{dataset.column_names}.")
+        images = [np.asarray(image.convert("RGB")) for image in dataset["image"]]
+        if len({image.shape for image in images}) > 1:
+            raise ValueError(f"The images of split {name!r} have different sizes; resize them first.")
+        out[name] = (np.stack(images), np.asarray(dataset[label_column], dtype=np.int64))
+    return out

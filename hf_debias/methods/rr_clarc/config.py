@@ -1,0 +1,50 @@
+"""``RRClArCConfig``: the hyper-parameters of RR-ClArC (Dreyer et al., AAAI 2024)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from ..._validation import check_choice, check_non_negative
+from ...freezing import FREEZE_POLICIES
+from ...functional.rr_clarc import AGGREGATIONS, GRADIENT_TARGETS
+from ..cav_method import CAVConfig
+
+
+@dataclass
+class RRClArCConfig(CAVConfig):
+    """RR-ClArC: ``loss = CE + lamb * (∇_a [m · f̃(a)] · h)²`` at the layer, for the CAV ``h``.
+
+    Args:
+        layer: where the CAV lives (default: the CAV's own layer, else the classifier's input).
+        cav: a ``CAV``, a folder or a Hub repo id (see ``CAVConfig``).
+        lamb: the penalty weight λ >= 0 (the paper sweeps 0.05 ... 1e8). 0 trains with cross-entropy only
+            under the same freeze policy: the control every corrected model should be compared with.
+        gradient_target: what is differentiated (``GRADIENT_TARGETS``; the paper's default ``random_signs``).
+        target_class: the class for ``gradient_target="class"``.
+        aggregation: ``l2_mean`` (the paper's loss) or another of ``AGGREGATIONS``.
+        freeze: ``conv_norm`` (the paper: convolutions and norms frozen, the rest trained), ``before_layer``
+            (train only what follows the layer), or ``none``.
+    """
+
+    debias_method: ClassVar[str] = "rrclarc"
+
+    lamb: float = 1.0
+    gradient_target: str = "random_signs"
+    target_class: int | None = None
+    aggregation: str = "l2_mean"
+    freeze: str = "conv_norm"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.lamb = check_non_negative("lamb", self.lamb)
+        check_choice("gradient_target", self.gradient_target, GRADIENT_TARGETS)
+        check_choice("aggregation", self.aggregation, AGGREGATIONS)
+        check_choice("freeze", self.freeze, FREEZE_POLICIES)
+        if self.gradient_target == "class":
+            if isinstance(self.target_class, bool) or not isinstance(self.target_class, int) or self.target_class < 0:
+                raise ValueError(f"gradient_target='class' needs target_class, a class index >= 0; got "
+                                 f"{self.target_class!r}.")
+        elif self.target_class is not None:
+            raise ValueError(f"target_class={self.target_class} is only used with gradient_target='class', not "
+                             f"{self.gradient_target!r}.")

@@ -1,0 +1,106 @@
+"""RR-ClArC on a model: capture the layer's activation, differentiate the gradient target with respect to it
+(double backward) and penalise the gradient's component along the CAV."""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+
+import torch
+from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from ...freezing import FrozenParameters
+from ...functional.rr_clarc import gradient_target_output, rr_clarc_penalty
+from ...hooks import LayerHook
+from ..base import Penalty
+from ..cav_method import CAVMethod
+from .config import RRClArCConfig
+
+
+class RRClArC(CAVMethod):
+    """Adds ``lamb * rr_clarc_penalty(∇_a target, cav)`` to the training loss.
+
+    While the penalty is on (training mode, gradients enabled, ``lamb > 0``) the forward pass runs attention on
+    the math SDPA backend, because the fused kernels do not support double backward; evaluation keeps the fast
+    kernels. The layer's activation is made differentiable even when everything before it is frozen.
+    """
+
+    config_class = RRClArCConfig
+
+    def __init__(self, model: nn.Module, config: RRClArCConfig):
+        super().__init__(model, config)
+        self.frozen = FrozenParameters(model, config.freeze, self.layer)
+        if not any(parameter.requires_grad for parameter in model.parameters()):
+            self.frozen.restore()
+            raise ValueError(f"freeze={config.freeze!r} leaves no trainable parameter in "
+                             f"{type(model).__name__}; choose freeze='none' or 'before_layer' with an earlier layer.")
+        self.hook = LayerHook(self.layer, transform=self._differentiable)
+        self._checked_linearity = False
+        self._latent: torch.Tensor | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.model.training and torch.is_grad_enabled() and self.config.lamb > 0
+
+    def _differentiable(self, activation: torch.Tensor) -> torch.Tensor:
+        self.check_channels(activation)
+        if not self.active:
+            return activation
+        if not activation.requires_grad:  # frozen up to here: differentiate with respect to a fresh leaf
+            activation = activation.detach().requires_grad_(True)
+        self._latent = activation
+        return activation.clone()  # later in-place ops (ReLU(inplace=True)) must not modify the captured tensor
+
+    def forward_context(self):
+        return sdpa_kernel(SDPBackend.MATH) if self.active else contextlib.nullcontext()
+
+    def begin_forward(self) -> None:
+        self.hook.reset()
+        self._latent = None
+
+    def on_train(self, mode: bool) -> None:
+        self.frozen.keep_eval_modes()
+
+    def penalty(self, *, logits: torch.Tensor, labels: torch.Tensor,
+                bias_labels: torch.Tensor | None) -> Penalty:
+        config: RRClArCConfig = self.config
+        if not self.active:
+            zero = logits.new_zeros((), dtype=torch.float32)
+            return Penalty(total=zero, terms={"rrclarc_penalty": zero})
+        latent = self._latent
+        if latent is None:
+            raise RuntimeError(f"The layer {self.layer.spec!r} did not run during the forward pass; choose a layer "
+                               "that the model's forward uses.")
+        output = gradient_target_output(logits, config.gradient_target, labels=labels,
+                                        target_class=config.target_class)
+        (grad,) = torch.autograd.grad(output, latent, create_graph=True, allow_unused=True)
+        if grad is None:
+            raise ValueError(f"The logits do not depend on layer {self.layer.spec!r}; choose a layer on the path "
+                             "to the classifier.")
+        if not self._checked_linearity:
+            self._checked_linearity = True
+            self._warn_if_input_independent(grad, latent)
+        value = rr_clarc_penalty(grad, self.cav.vector, aggregation=config.aggregation)
+        if not value.requires_grad:
+            raise ValueError(f"The RR-ClArC penalty at {self.layer.spec!r} does not depend on any trainable "
+                             f"parameter (freeze={config.freeze!r}); unfreeze the layers after it.")
+        return Penalty(total=config.lamb * value, terms={"rrclarc_penalty": value.detach()})
+
+    def _warn_if_input_independent(self, grad: torch.Tensor, latent: torch.Tensor) -> None:
+        """When only pooling and a linear head follow the layer, the latent gradient is the same for every image
+        (methods.md §2): the penalty can then only turn the head away from the CAV. Say so, once."""
+        (second,) = torch.autograd.grad(grad.sum(), latent, retain_graph=True, allow_unused=True)
+        if second is None or not torch.any(second != 0):
+            warnings.warn(
+                f"Only linear operations (pooling, the linear head) follow {self.layer.spec!r}: the latent gradient "
+                "does not depend on the image, so RR-ClArC only turns the head away from the CAV and a larger lamb "
+                "changes nothing once that is done. For a per-image correction use an earlier layer (see "
+                "`hf-debias layers MODEL`) with a CAV computed there, and train the layers in between "
+                "(freeze='before_layer').",
+                stacklevel=5,
+            )
+
+    def remove(self) -> None:
+        self.hook.remove()
+        self.frozen.restore()
