@@ -1,4 +1,4 @@
-"""The ``hf-debias`` command line: ``demo``, ``layers`` and ``train``, thin layers over the same core."""
+"""The ``hf-debias`` command line: ``demo``, ``layers``, ``cav`` and ``train``, thin layers over the same core."""
 
 from __future__ import annotations
 
@@ -105,6 +105,19 @@ def _run_train(args: argparse.Namespace) -> int:
     return train_main(arguments)
 
 
+def _add_cav_parser(subparsers) -> None:
+    from . import cav_command
+
+    cav = subparsers.add_parser(
+        "cav",
+        help="compute a bias CAV from a dataset with a concept column or from two image folders",
+        description=cav_command.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    cav_command.add_arguments(cav)
+    cav.set_defaults(handler=cav_command.run)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hf-debias",
@@ -114,6 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
     _add_demo_parser(subparsers)
     _add_layers_parser(subparsers)
+    _add_cav_parser(subparsers)
     _add_train_parser(subparsers)
     return parser
 

@@ -22,6 +22,7 @@ from .report import format_table
 from .trainer import DebiasTrainer, DebiasTrainingArguments
 
 COLOUR_DIGITS = "colour-digits"
+CONTROLLED_ARTIFACT = "controlled-artifact"
 
 
 @dataclass
@@ -35,15 +36,16 @@ class ModelArguments:
 @dataclass
 class DataArguments:
     dataset: str = field(default=COLOUR_DIGITS, metadata={
-        "help": "'colour-digits' (built in, offline), a Hugging Face dataset id, or a local image folder "
-                "(class sub-folders, as datasets' imagefolder)"})
+        "help": "'colour-digits' or 'controlled-artifact' (built in, offline), a Hugging Face dataset id, or a "
+                "local image folder (class sub-folders, as datasets' imagefolder)"})
     image_column: str = field(default="image", metadata={"help": "column with the images"})
     label_column: str = field(default="labels", metadata={"help": "column with the integer class labels"})
     bias_csv: str | None = field(default=None, metadata={
         "help": "CSV with columns 'file_name' and the bias column, giving image folders their bias labels"})
     train_split: str = field(default="train", metadata={"help": "split to train on"})
     eval_split: str | None = field(default=None, metadata={
-        "help": "split to evaluate on (default: test_unbiased for colour-digits, else validation or test if present)"})
+        "help": "split(s) to evaluate on, comma-separated (default: test_unbiased for colour-digits, "
+                "test_clean,test_attacked for controlled-artifact, else validation or test if present)"})
     max_train_samples: int | None = field(default=None, metadata={"help": "use only the first N training samples"})
     max_eval_samples: int | None = field(default=None, metadata={"help": "use only the first N evaluation samples"})
     rho: float = field(default=0.99, metadata={"help": "colour-digits: bias strength of the training split"})
@@ -51,7 +53,8 @@ class DataArguments:
 
 
 def load_data(data_args: DataArguments, bias_column: str):
-    """The train and eval ``datasets.Dataset`` with ``image``, ``labels`` and the bias column."""
+    """The train ``datasets.Dataset`` (``image``, ``labels``, the bias column) and the eval dataset, a dict of
+    them when several eval splits are asked for, or ``None``."""
     import datasets
 
     if data_args.dataset == COLOUR_DIGITS:
@@ -62,6 +65,11 @@ def load_data(data_args: DataArguments, bias_column: str):
         default_eval = "test_unbiased"
         if bias_column != "bias_labels":
             splits = splits.rename_column("bias_labels", bias_column)
+    elif data_args.dataset == CONTROLLED_ARTIFACT:
+        from .data import build_controlled_artifact
+
+        splits = build_controlled_artifact()
+        default_eval = "test_clean,test_attacked"
     elif Path(data_args.dataset).is_dir():
         splits = datasets.load_dataset("imagefolder", data_dir=data_args.dataset)
         if data_args.bias_csv:
@@ -75,25 +83,30 @@ def load_data(data_args: DataArguments, bias_column: str):
         raise ValueError(f"Split {data_args.train_split!r} not in {data_args.dataset!r}; its splits are {names}.")
     eval_split = data_args.eval_split or default_eval or next(
         (name for name in ("validation", "test") if name in splits), None)
-    if eval_split is not None and eval_split not in splits:
-        raise ValueError(f"Split {eval_split!r} not in {data_args.dataset!r}; its splits are {names}.")
+    eval_names = eval_split.split(",") if eval_split else []
+    for name in eval_names:
+        if name not in splits:
+            raise ValueError(f"Split {name!r} not in {data_args.dataset!r}; its splits are {names}.")
     renames = {data_args.image_column: "image", data_args.label_column: "labels"}
     if "label" in splits[data_args.train_split].column_names and data_args.label_column == "labels" and \
             "labels" not in splits[data_args.train_split].column_names:
         renames["label"] = "labels"  # imagefolder and many Hub datasets call it "label"
-    train, evaluation = splits[data_args.train_split], splits[eval_split] if eval_split else None
+    train, evaluation = splits[data_args.train_split], {name: splits[name] for name in eval_names}
     for old, new in renames.items():
         if old != new and old in train.column_names:
             train = train.rename_column(old, new)
-            evaluation = evaluation.rename_column(old, new) if evaluation is not None else None
+            evaluation = {name: split.rename_column(old, new) for name, split in evaluation.items()}
     for column in ("image", "labels"):
         if column not in train.column_names:
             raise ValueError(f"The training split has no {column!r} column (columns: {train.column_names}); "
                              f"use --{column.rstrip('s')}_column.")
     if data_args.max_train_samples:
         train = train.select(range(min(data_args.max_train_samples, len(train))))
-    if evaluation is not None and data_args.max_eval_samples:
-        evaluation = evaluation.select(range(min(data_args.max_eval_samples, len(evaluation))))
+    if data_args.max_eval_samples:
+        evaluation = {name: split.select(range(min(data_args.max_eval_samples, len(split))))
+                      for name, split in evaluation.items()}
+    if len(evaluation) <= 1:  # one split: plain eval_* metrics; several: eval_<split>_*
+        evaluation = next(iter(evaluation.values()), None)
     return train, evaluation
 
 
@@ -130,8 +143,8 @@ def run_training(model_args: ModelArguments, data_args: DataArguments, training_
         return out
 
     train.set_transform(transform)
-    if evaluation is not None:
-        evaluation.set_transform(transform)
+    for split in (evaluation.values() if isinstance(evaluation, dict) else [evaluation] if evaluation else []):
+        split.set_transform(transform)
     training_args.remove_unused_columns = False  # the transform produces exactly the columns the model needs
 
     def collate(rows):
@@ -145,7 +158,7 @@ def run_training(model_args: ModelArguments, data_args: DataArguments, training_
                             data_collator=collate)
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     trainer.save_model()
-    metrics = trainer.evaluate() if evaluation is not None else {}
+    metrics = trainer.evaluate() if evaluation else {}
     if metrics:
         trainer.log_metrics("eval", metrics)
         trainer.save_metrics("eval", metrics)
@@ -160,9 +173,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     model_args, data_args, training_args = parser.parse_args_into_dataclasses(
         args=list(argv) if argv is not None else sys.argv[1:])
     _, metrics = run_training(model_args, data_args, training_args)
-    if "eval_accuracy" in metrics:
-        shown = {key[len("eval_"):]: value for key, value in metrics.items()
-                 if key.endswith("accuracy") and isinstance(value, float)}
+    shown = {key[len("eval_"):]: value for key, value in metrics.items()
+             if key.endswith("accuracy") and isinstance(value, float)}
+    if shown:
         print("\n" + format_table({f"{model_args.model_name_or_path} ({training_args.debias})": shown},
                                   [(key, key.replace("_accuracy", "").replace("_", "-")) for key in shown]))
     return 0

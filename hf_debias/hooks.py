@@ -21,18 +21,20 @@ class LayerHook:
     With a ``transform`` the activation is replaced in the forward pass (EnD's forward normalisation) and the
     captured tensor is the transformed one. Only the first activation after ``reset()`` is kept, so that the
     recomputation done by gradient checkpointing during backward cannot overwrite it. With ``stop_forward`` the
-    hook raises ``StopForward`` right after capturing (activation extraction without running the later layers).
+    hook raises ``StopForward`` right after capturing (activation extraction without running the later layers);
+    with ``prepend`` it runs before hooks already on the module (e.g. to see the activation before a correction).
     """
 
-    def __init__(self, ref: LayerRef, transform: Transform | None = None, *, stop_forward: bool = False):
+    def __init__(self, ref: LayerRef, transform: Transform | None = None, *, stop_forward: bool = False,
+                 prepend: bool = False):
         self.ref = ref
         self.transform = transform
         self.stop_forward = stop_forward
         self.activation: torch.Tensor | None = None
         if ref.on_input:
-            self._handle = ref.module.register_forward_pre_hook(self._on_input)
+            self._handle = ref.module.register_forward_pre_hook(self._on_input, prepend=prepend)
         else:
-            self._handle = ref.module.register_forward_hook(self._on_output)
+            self._handle = ref.module.register_forward_hook(self._on_output, prepend=prepend)
 
     def reset(self) -> None:
         """Forget the captured activation (call at the start of every forward)."""

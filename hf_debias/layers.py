@@ -2,8 +2,8 @@
 
 Names are the ones ``model.named_modules()`` yields. Wrapping prefixes added by the ecosystem are optional in
 both directions: ``layer3`` finds ``timm_model.layer3`` on a transformers ``TimmWrapperForImageClassification``,
-``module.layer3`` under DDP, ``_orig_mod.layer3`` after ``torch.compile`` and ``base_model.model.layer3`` in
-a PEFT model, and a prefixed name also resolves on the plain model.
+``module.layer3`` under DDP, ``_orig_mod.layer3`` after ``torch.compile``, ``base_model.model.layer3`` in
+a PEFT model and ``model.layer3`` in a ``DebiasModel``, and a prefixed name also resolves on the plain model.
 
 A name may end in ``:input`` to mean the module's *input* rather than its output; the default bottleneck is
 the input of the classifier head (the pooled pre-logits features), which every classifier has.
@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 WRAPPER_PREFIXES = ("module", "_orig_mod", "timm_model", "base_model.model", "_fsdp_wrapped_module",
-                    "_checkpoint_wrapped_module")
+                    "_checkpoint_wrapped_module", "model")
 INPUT_SUFFIX = ":input"
 
 

@@ -20,7 +20,9 @@ import torch.nn.functional as F
 from transformers import EvalPrediction, Trainer, TrainingArguments
 
 from .config import DebiasConfig, _CONFIG_CLASSES, available_methods
+from .freezing import FREEZE_POLICIES
 from .functional.end import PAIRINGS
+from .functional.rr_clarc import AGGREGATIONS, GRADIENT_TARGETS
 from .methods.base import method_class_for
 from .metrics.group import group_accuracy, infer_aligned_bias
 from .model import DebiasModel, get_debias_model, logits_of
@@ -31,7 +33,8 @@ DEBIAS_CHOICES = ("none", *available_methods())
 @dataclass
 class DebiasTrainingArguments(TrainingArguments):
     """``TrainingArguments`` plus the debias options. Method options are named ``<method>_<config field>``
-    (``end_alpha`` -> ``EnDConfig.alpha``), so a new method adds its fields here and nothing else changes."""
+    (``end_alpha`` -> ``EnDConfig.alpha``); options several methods share carry no prefix (``cav``, ``freeze``).
+    A new method adds its fields here and nothing else changes."""
 
     debias: str = field(default="none", metadata={"help": "bias correction method", "choices": list(DEBIAS_CHOICES)})
     debias_layer: str | None = field(default=None, metadata={
@@ -45,6 +48,21 @@ class DebiasTrainingArguments(TrainingArguments):
         "help": "EnD: 'all' pairs (the paper) or 'reference' (the official code's subset)", "choices": list(PAIRINGS)})
     end_normalize_forward: bool = field(default=True, metadata={
         "help": "EnD: L2-normalise the bottleneck in the forward pass (the paper's network)"})
+    cav: str | None = field(default=None, metadata={
+        "help": "rrclarc / pclarc / aclarc: the bias CAV, a folder or a Hub repo id (see `hf-debias cav`)"})
+    allow_cav_mismatch: bool = field(default=False, metadata={
+        "help": "use a CAV recorded for another layer or base model (warns instead of refusing)"})
+    freeze: str = field(default="conv_norm", metadata={
+        "help": "rrclarc / aclarc: what stays frozen: conv_norm (the paper: convolutions and norms), before_layer "
+                "(everything up to the layer), none", "choices": list(FREEZE_POLICIES)})
+    rrclarc_lamb: float = field(default=1.0, metadata={"help": "RR-ClArC: penalty weight lambda (>= 0)"})
+    rrclarc_gradient_target: str = field(default="random_signs", metadata={
+        "help": "RR-ClArC: what is differentiated", "choices": list(GRADIENT_TARGETS)})
+    rrclarc_target_class: int | None = field(default=None, metadata={
+        "help": "RR-ClArC: the class for --rrclarc_gradient_target class"})
+    rrclarc_aggregation: str = field(default="l2_mean", metadata={
+        "help": "RR-ClArC: how the latent gradient's projection is aggregated (l2_mean: the paper)",
+        "choices": list(AGGREGATIONS)})
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -58,9 +76,19 @@ class DebiasTrainingArguments(TrainingArguments):
             return None
         config_class = _CONFIG_CLASSES[self.debias]
         base_fields = {f.name for f in dataclasses.fields(DebiasConfig)}
-        values = {f.name: getattr(self, f"{self.debias}_{f.name}") for f in dataclasses.fields(config_class)
-                  if f.init and f.name not in base_fields and hasattr(self, f"{self.debias}_{f.name}")}
+        values = {}
+        for config_field in dataclasses.fields(config_class):
+            if not config_field.init or config_field.name in base_fields:
+                continue
+            for flag in (f"{self.debias}_{config_field.name}", config_field.name):
+                if flag in _OWN_FIELDS:
+                    values[config_field.name] = getattr(self, flag)
+                    break
         return config_class(layer=self.debias_layer, **values)
+
+
+_OWN_FIELDS = {f.name for f in dataclasses.fields(DebiasTrainingArguments)} - {
+    f.name for f in dataclasses.fields(TrainingArguments)}
 
 
 class DebiasTrainer(Trainer):

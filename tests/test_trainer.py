@@ -200,3 +200,49 @@ def test_bf16_autocast_keeps_the_penalty_in_float32(tmp_path):
                             train_dataset=tiny_dataset())
     trainer.train()
     assert all(np.isfinite(entry["loss"]) for entry in trainer.state.log_history if "loss" in entry)
+
+
+RRCLARC_LAYERS = {"timm": ("stages.2", 64), "timm_wrapper": ("timm_model.layer3", 256), "vit": ("vit.layers.0", 32)}
+
+
+@pytest.mark.parametrize("kind", ["timm", "timm_wrapper", "vit"])
+def test_rrclarc_trains_each_model_kind_and_checkpoints_its_cav(tmp_path, kind):
+    from hf_debias import CAV, compute_cav
+
+    model = models()[kind]
+    layer, channels = RRCLARC_LAYERS[kind]
+    data = tiny_dataset()
+    rows = data[:]
+    concept = (rows["bias_labels"] == 1).long()
+    cav = compute_cav(model, layer, (rows["pixel_values"], concept), concept="bias", validation_fraction=0,
+                      progress=False)
+    assert cav.num_channels == channels
+    cav.save_pretrained(tmp_path / "cav")
+    args = arguments(tmp_path / "run", debias="rrclarc", cav=str(tmp_path / "cav"), freeze="none",
+                     rrclarc_lamb=10.0, save_strategy="steps", save_steps=4, debias_layer=layer)
+    trainer = DebiasTrainer(model=model, args=args, train_dataset=data)
+    trainer.train()
+    logged = [entry for entry in trainer.state.log_history if "loss" in entry]
+    assert logged and logged[0]["rrclarc_penalty"] > 0
+    checkpoint = tmp_path / "run" / "checkpoint-4"
+    saved = DebiasConfig.from_pretrained(checkpoint)
+    assert saved.debias_method == "rrclarc" and saved.lamb == 10.0 and saved.layer == layer
+    assert torch.equal(saved.load_cav().vector, CAV.from_pretrained(tmp_path / "cav").vector)
+    assert (checkpoint / "cav" / "cav.safetensors").is_file()
+
+
+def test_rrclarc_flags_parse_and_bad_combinations_fail_at_parse_time(tmp_path):
+    parser = HfArgumentParser(DebiasTrainingArguments)
+    (args,) = parser.parse_args_into_dataclasses([
+        "--output_dir", str(tmp_path), "--debias", "rrclarc", "--cav", "org/cavs/ruler", "--rrclarc_lamb", "100",
+        "--rrclarc_gradient_target", "class", "--rrclarc_target_class", "2", "--freeze", "before_layer"])
+    config = args.debias_config()
+    assert (config.lamb, config.gradient_target, config.target_class, config.freeze, config.cav) == (
+        100.0, "class", 2, "before_layer", "org/cavs/ruler")
+    with pytest.raises(ValueError, match="needs a CAV"):
+        DebiasTrainingArguments(output_dir=str(tmp_path), debias="rrclarc")
+    with pytest.raises(SystemExit):
+        parser.parse_args_into_dataclasses(["--output_dir", str(tmp_path), "--debias", "rrclarc", "--cav", "x",
+                                            "--rrclarc_gradient_target", "allrand"])
+    aclarc = DebiasTrainingArguments(output_dir=str(tmp_path), debias="aclarc", cav="x", freeze="none")
+    assert aclarc.debias_config().freeze == "none"

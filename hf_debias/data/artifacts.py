@@ -22,6 +22,11 @@ ARTIFACTS = ("patch", "timestamp", "brightness", "hidden_bits")
 CORNERS = ("bottom_right", "bottom_left", "top_right", "top_left")
 SPLITS = ("train", "validation", "test_clean", "test_attacked")
 
+BUILTIN_DIGITS = {"image_size": 20, "digit_fraction": 0.55, "noise": 0.3}
+"""The built-in task: noisy 11-pixel digits in a 20-pixel frame. Clean digits are too easy — a vanilla model
+then reads the digit and ignores the artifact (a 3x3 patch in 30 % of class 0 left attacked accuracy at 100 %) —
+so the noise makes the artifact the more reliable cue and the margin keeps the corner patch off the digit."""
+
 # 3x5 pixel glyphs for a timestamp; rows top to bottom, "1" = ink.
 _GLYPHS = {
     "0": ("111", "101", "101", "101", "111"), "1": ("010", "110", "010", "010", "111"),
@@ -39,7 +44,7 @@ class ArtifactSpec:
 
     Args:
         kind: one of ``ARTIFACTS``.
-        size: patch side in pixels (default: a fifth of the image side, at least 3); text scale for timestamp.
+        size: patch side in pixels (default: 30 % of the image side, at least 3); text scale for timestamp.
         corner: where patch and timestamp go (``CORNERS``).
         colour: RGB of patch and timestamp ink.
         strength: brightness blend weight towards white (default 0.35).
@@ -80,7 +85,7 @@ def insert_artifact(images: np.ndarray, spec: ArtifactSpec | str = "patch") -> t
     height, width = images.shape[1:3]
     mask = np.zeros((height, width), dtype=bool)
     if spec.kind == "patch":
-        side = spec.size or max(3, min(height, width) // 5)
+        side = spec.size or max(3, round(0.3 * min(height, width)))
         rows, cols = _corner_slices(spec.corner, height, width, side, side, margin=1)
         mask[rows, cols] = True
         out[:, mask] = spec.colour
@@ -133,7 +138,7 @@ class ArtifactSplit:
 
 
 def controlled_artifact_arrays(source: dict[str, tuple[np.ndarray, np.ndarray]] | None = None, *,
-                               artifact: ArtifactSpec | str = "patch", target_class: int = 0, p: float = 0.5,
+                               artifact: ArtifactSpec | str = "patch", target_class: int = 0, p: float = 0.8,
                                seed: int = 0, **digit_kwargs) -> dict[str, ArtifactSplit]:
     """Build the four splits as arrays; see ``build_controlled_artifact``."""
     spec = ArtifactSpec(artifact) if isinstance(artifact, str) else artifact
@@ -142,7 +147,7 @@ def controlled_artifact_arrays(source: dict[str, tuple[np.ndarray, np.ndarray]] 
     if source is None:
         from .colour_digits import digit_arrays
 
-        source = digit_arrays(seed=seed, **digit_kwargs)
+        source = digit_arrays(seed=seed, **{**BUILTIN_DIGITS, **digit_kwargs})
     elif digit_kwargs:
         raise ValueError(f"{sorted(digit_kwargs)} only apply to the built-in digits, not to a passed source.")
     missing = [name for name in ("train", "test") if name not in source]
@@ -174,7 +179,7 @@ def controlled_artifact_arrays(source: dict[str, tuple[np.ndarray, np.ndarray]] 
 
 
 def build_controlled_artifact(source=None, *, artifact: ArtifactSpec | str = "patch", target_class: int = 0,
-                              p: float = 0.5, seed: int = 0, **digit_kwargs):
+                              p: float = 0.8, seed: int = 0, **digit_kwargs):
     """The controlled-artifact benchmark as a ``datasets.DatasetDict`` with splits ``train``, ``validation``,
     ``test_clean`` and ``test_attacked`` and columns ``image`` (PIL), ``labels``, ``artifact`` (0/1) and
     ``artifact_mask`` (PIL, 255 where the artifact is).
@@ -187,7 +192,10 @@ def build_controlled_artifact(source=None, *, artifact: ArtifactSpec | str = "pa
         target_class: the class whose training images get the artifact.
         p: the share of that class's training (and validation) images that get it.
         **digit_kwargs: for the built-in digits: ``n_train``, ``n_validation``, ``n_test``, ``image_size``,
-            ``noise`` (see ``hf_debias.data.digit_arrays``).
+            ``noise``, ``digit_fraction`` (see ``hf_debias.data.digit_arrays``; defaults ``BUILTIN_DIGITS``).
+
+    The defaults (a 6-pixel white corner patch in 80 % of class 0, noisy digits) make a vanilla CNN learn the
+    shortcut: BENCHMARKS.md has the measured clean vs attacked accuracy.
     """
     import datasets
 

@@ -140,16 +140,19 @@ def build_colour_digits(rho: float = 0.99, **kwargs):
 
 
 def digit_arrays(*, n_train: int = 20_000, n_validation: int = 2_000, n_test: int = 5_000, image_size: int = 16,
-                 noise: float = 0.0, validation_fraction: float = 0.1, test_fraction: float = 0.25,
-                 seed: int = 0) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+                 noise: float = 0.0, digit_fraction: float = 20 / 28, validation_fraction: float = 0.1,
+                 test_fraction: float = 0.25, seed: int = 0) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Plain grey digits (white on black, RGB uint8 ``[N, H, W, 3]``) and labels for ``train`` / ``validation`` /
     ``test``, from disjoint base digits with random affine variants; ``noise`` adds Gaussian pixel noise
-    (standard deviation as a fraction of the intensity range), which makes the digits harder to read."""
+    (standard deviation as a fraction of the intensity range), which makes the digits harder to read;
+    ``digit_fraction`` is the digit's side relative to the image (MNIST: 20/28), leaving a margin for artifacts."""
     if noise < 0:
         raise ValueError(f"noise must be >= 0, got {noise!r}.")
     rng = np.random.default_rng(seed)
     generator = torch.Generator().manual_seed(seed)
-    pools = _sklearn_digit_pools(image_size, validation_fraction, test_fraction, rng)
+    if not 0.2 <= digit_fraction <= 1.0:
+        raise ValueError(f"digit_fraction must be in [0.2, 1], got {digit_fraction!r}.")
+    pools = _sklearn_digit_pools(image_size, validation_fraction, test_fraction, rng, digit_fraction)
     out = {}
     for split, n in (("train", n_train), ("validation", n_validation), ("test", n_test)):
         base_images, base_labels, _ = pools[split]
@@ -213,12 +216,12 @@ def _split_pool(images: np.ndarray, labels: np.ndarray, ids: np.ndarray, fractio
 
 
 def _sklearn_digit_pools(image_size: int, validation_fraction: float, test_fraction: float,
-                         rng: np.random.Generator):
+                         rng: np.random.Generator, digit_fraction: float = 20 / 28):
     from sklearn.datasets import load_digits
 
     digits = load_digits()
     strokes = torch.from_numpy(digits.images.astype(np.float32) / 16.0)[:, None]
-    inner = max(4, round(image_size * 20 / 28))  # MNIST draws a 20x20 digit in a 28x28 frame
+    inner = max(4, round(image_size * digit_fraction))  # MNIST draws a 20x20 digit in a 28x28 frame
     strokes = F.interpolate(strokes, size=(inner, inner), mode="bicubic", align_corners=False)
     strokes = (strokes.clamp(0, 1) * 1.25 - 0.1).clamp(0, 1)  # crisper strokes after upsampling
     pad = image_size - inner

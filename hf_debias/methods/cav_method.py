@@ -46,7 +46,7 @@ class CAVConfig(DebiasConfig):
         if isinstance(self.cav, os.PathLike):
             self.cav = str(self.cav)
         if isinstance(self.cav, CAV) and self.layer is None and self.cav.layer is not None:
-            self.layer = self.cav.layer  # a CAV knows where it belongs
+            self.layer = self.cav.layer  # the CAV knows where it belongs
 
     def load_cav(self) -> CAV:
         """The CAV object, loaded once from ``cav`` if that is a path or a Hub id."""
@@ -91,8 +91,10 @@ class CAVMethod(DebiasMethod):
 
     def __init__(self, model: nn.Module, config: CAVConfig):
         super().__init__(model, config)
-        self.layer: LayerRef = resolve_layer(model, config.layer)
         self.cav = config.load_cav()
+        if config.layer is None and self.cav.layer is not None:
+            config.layer = self.cav.layer  # the CAV knows where it belongs
+        self.layer: LayerRef = resolve_layer(model, config.layer)
         self._check_cav_origin(model, config)
         self._channels_checked = False
 
@@ -113,7 +115,8 @@ class CAVMethod(DebiasMethod):
             problems.append(f"it was computed on {self.cav.base_model_name_or_path!r}, this model is {model_name!r}")
         if not problems:
             return
-        message = f"The CAV {self.cav.concept or ''} does not match: {'; '.join(problems)}."
+        name = f"The CAV for {self.cav.concept!r}" if self.cav.concept else "The CAV"
+        message = f"{name} does not match this model: {'; '.join(problems)}."
         if not config.allow_cav_mismatch:
             raise ValueError(message + " Recompute it for this model and layer, or pass allow_cav_mismatch=True "
                                        "(--allow_cav_mismatch) if you know the directions correspond.")

@@ -78,13 +78,13 @@ class RRClArC(CAVMethod):
         if grad is None:
             raise ValueError(f"The logits do not depend on layer {self.layer.spec!r}; choose a layer on the path "
                              "to the classifier.")
-        if not self._checked_linearity:
-            self._checked_linearity = True
-            self._warn_if_input_independent(grad, latent)
         value = rr_clarc_penalty(grad, self.cav.vector, aggregation=config.aggregation)
         if not value.requires_grad:
             raise ValueError(f"The RR-ClArC penalty at {self.layer.spec!r} does not depend on any trainable "
                              f"parameter (freeze={config.freeze!r}); unfreeze the layers after it.")
+        if not self._checked_linearity:
+            self._checked_linearity = True
+            self._warn_if_input_independent(grad, latent)
         return Penalty(total=config.lamb * value, terms={"rrclarc_penalty": value.detach()})
 
     def _warn_if_input_independent(self, grad: torch.Tensor, latent: torch.Tensor) -> None:

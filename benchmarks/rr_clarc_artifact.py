@@ -1,0 +1,259 @@
+"""RR-ClArC and the ClArC baselines on the controlled-artifact benchmark (RR-ClArC's protocol, methods.md §2).
+
+For every seed:
+1. data: the built-in noisy digits with a 6-pixel corner patch in 80 % of class 0's training images
+   (``hf_debias.data.build_controlled_artifact`` defaults); ``test_clean`` / ``test_attacked`` (patch everywhere).
+2. vanilla: ``simple_convnet`` trained with cross-entropy; it learns "patch => 0". A second model trained on the
+   same digits without any artifact is the *no-shortcut reference*: what attacked accuracy the patch itself costs
+   (it covers part of the image) when no shortcut was learned.
+3. CAVs at ``--layer`` of the vanilla model from class-0 training images with vs without the patch: signal
+   (streamed) and the filter CAVs (svm, ridge, lasso, logistic); their alignment with the true change
+   ``a(x + patch) − a(x)`` on paired clean / attacked test images.
+4. corrections of the vanilla model with the signal CAV, all fine-tuned the same way (``--freeze``, lr, epochs):
+   the λ = 0 control (cross-entropy only), RR-ClArC (λ = ``--lamb``), A-ClArC, and P-ClArC (no training).
+5. clean / attacked accuracy and TCAV (class 0, at the layer, on attacked test images) for every model.
+Then, side by side in one process: time per fine-tuning step of RR-ClArC vs the λ = 0 control (same freeze
+policy), and one streaming CAV pass vs plain inference over the same images (throughput ratio).
+
+    python benchmarks/rr_clarc_artifact.py              # full run (3 seeds, ~15 min on 2 CPU cores)
+    python benchmarks/rr_clarc_artifact.py --quick      # smoke run (~30 s), used by the tests
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import timm
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _common import add_common_arguments, header, write_json  # noqa: E402
+from hf_debias import AClArCConfig, PClArCConfig, RRClArCConfig, compute_cav, get_debias_model
+from hf_debias.cav import pool_activation
+from hf_debias.data import controlled_artifact_arrays, digit_arrays
+from hf_debias.data.artifacts import BUILTIN_DIGITS
+from hf_debias.hooks import LayerHook
+from hf_debias.layers import resolve_layer
+from hf_debias.metrics.artifact import artifact_accuracy, cav_alignment, directional_derivatives, tcav
+from hf_debias.training import FitConfig, fit, images_to_tensor, predict
+
+FILTER_METHODS = ("svm", "ridge", "lasso", "logistic")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_arguments(parser, "rr_clarc_artifact")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="data and initialisation seeds")
+    parser.add_argument("--n-train", type=int, default=20_000, help="training images")
+    parser.add_argument("--n-test", type=int, default=5_000, help="images in each test split")
+    parser.add_argument("--epochs", type=float, default=3.0, help="vanilla training epochs (lr 1e-3)")
+    parser.add_argument("--layer", default="stages.2", help="where the CAV lives and the correction acts")
+    parser.add_argument("--freeze", default="before_layer", help="freeze policy of every fine-tuned correction")
+    parser.add_argument("--lamb", type=float, default=1000.0, help="RR-ClArC penalty weight")
+    parser.add_argument("--finetune-epochs", type=float, default=1.0, help="fine-tuning epochs of the corrections")
+    parser.add_argument("--finetune-lr", type=float, default=1e-3, help="fine-tuning learning rate")
+    parser.add_argument("--finetune-batch", type=int, default=64, help="fine-tuning batch size")
+    parser.add_argument("--timing-steps", type=int, default=30, help="steps per side in the step-time comparison")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.seeds, args.n_train, args.n_test, args.epochs = [0], 1500, 300, 1.0
+        args.finetune_epochs, args.timing_steps = 0.3, 3
+    return args
+
+
+def tensors(split) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return images_to_tensor(split.images), torch.from_numpy(split.labels), torch.from_numpy(split.artifact)
+
+
+@torch.no_grad()
+def pooled(model, layer: str, images: torch.Tensor, pooling: str = "max") -> torch.Tensor:
+    hook = LayerHook(resolve_layer(model, layer))
+    model.eval()
+    out = []
+    try:
+        for start in range(0, images.shape[0], 512):
+            hook.reset()
+            model(images[start:start + 512])
+            out.append(pool_activation(hook.activation, pooling))
+    finally:
+        hook.remove()
+    return torch.cat(out)
+
+
+def evaluate(model, splits, layer: str, cav) -> dict[str, float]:
+    x_clean, y_clean, _ = splits["test_clean"]
+    x_attacked, y_attacked, _ = splits["test_attacked"]
+    predictions = np.concatenate([predict(model, x_clean), predict(model, x_attacked)])
+    references = np.concatenate([y_clean.numpy(), y_attacked.numpy()])
+    flags = np.concatenate([np.zeros(len(y_clean)), np.ones(len(y_attacked))])
+    result = artifact_accuracy(predictions, references, flags)
+    result.update(tcav(directional_derivatives(model, layer, cav, x_attacked[:1000], target_class=0)))
+    return result
+
+
+def run_seed(seed: int, args) -> dict:
+    arrays = controlled_artifact_arrays(seed=seed, n_train=args.n_train, n_validation=10, n_test=args.n_test)
+    splits = {name: tensors(split) for name, split in arrays.items()}
+    x, y, artifact = splits["train"]
+    vanilla_fit = FitConfig(epochs=args.epochs, seed=seed)
+    tuned = FitConfig(epochs=args.finetune_epochs, lr=args.finetune_lr, batch_size=args.finetune_batch, seed=seed)
+
+    torch.manual_seed(seed)
+    vanilla = timm.create_model("simple_convnet", num_classes=10)
+    fit(vanilla, x, y, y, vanilla_fit, progress=not args.quick, desc=f"seed {seed}: vanilla")
+
+    clean_digits = digit_arrays(seed=seed, n_train=args.n_train, n_validation=10, n_test=10, **BUILTIN_DIGITS)
+    torch.manual_seed(seed)
+    reference = timm.create_model("simple_convnet", num_classes=10)
+    fit(reference, images_to_tensor(clean_digits["train"][0]), torch.from_numpy(clean_digits["train"][1]),
+        torch.from_numpy(clean_digits["train"][1]), vanilla_fit, progress=not args.quick,
+        desc=f"seed {seed}: no-shortcut reference")
+
+    target = y == 0
+    cavs = {"signal": compute_cav(vanilla, args.layer, (x[target], artifact[target]), concept="patch",
+                                  progress=False)}
+    for method in FILTER_METHODS:
+        cavs[method] = compute_cav(vanilla, args.layer, (x[target], artifact[target]), concept="patch",
+                                   method=method, progress=False)
+    clean_acts = pooled(vanilla, args.layer, splits["test_clean"][0])
+    attacked_acts = pooled(vanilla, args.layer, splits["test_attacked"][0])
+    alignment = {method: {**cav_alignment(cav, clean_acts, attacked_acts), "auc": cav.quality.get("auc")}
+                 for method, cav in cavs.items()}
+    cav = cavs["signal"]
+
+    rows = {"vanilla": evaluate(vanilla, splits, args.layer, cav),
+            "no-shortcut reference": evaluate(reference, splits, args.layer, cav)}
+    corrections = {
+        "λ=0 control": RRClArCConfig(cav=cav, lamb=0.0, freeze=args.freeze),
+        "P-ClArC": PClArCConfig(cav=cav),
+        "A-ClArC": AClArCConfig(cav=cav, freeze=args.freeze),
+        "RR-ClArC": RRClArCConfig(cav=cav, lamb=args.lamb, freeze=args.freeze),
+    }
+    for name, config in corrections.items():
+        model = get_debias_model(copy.deepcopy(vanilla), config)
+        if name != "P-ClArC":
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                fit(model, x, y, y, tuned, progress=not args.quick, desc=f"seed {seed}: {name}")
+        rows[name] = evaluate(model, splits, args.layer, cav)
+    return {"rows": rows, "cav_alignment": alignment,
+            "train_artifact_images": int(artifact.sum()), "vanilla_model": vanilla, "cav": cav, "x": x, "y": y}
+
+
+def step_times(vanilla, cav, x, y, args) -> dict[str, float]:
+    """Median ms per fine-tuning step, RR-ClArC vs the λ = 0 control, alternating blocks in one process."""
+    models = {name: get_debias_model(copy.deepcopy(vanilla), RRClArCConfig(cav=cav, lamb=lamb, freeze=args.freeze))
+              for name, lamb in (("control", 0.0), ("rrclarc", args.lamb))}
+    optimisers = {name: torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+                  for name, model in models.items()}
+    times: dict[str, list[float]] = {name: [] for name in models}
+    generator = torch.Generator().manual_seed(0)
+    for block in range(2 * args.timing_steps // 5 + 2):
+        for name, model in models.items():
+            model.train()
+            for _ in range(5):
+                index = torch.randint(0, x.shape[0], (args.finetune_batch,), generator=generator)
+                start = time.perf_counter()
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    loss = model(x[index], labels=y[index]).loss
+                optimisers[name].zero_grad(set_to_none=True)
+                loss.backward()
+                optimisers[name].step()
+                if block > 0:  # the first block warms up
+                    times[name].append(time.perf_counter() - start)
+    result = {f"{name}_ms": 1000 * statistics.median(values) for name, values in times.items()}
+    result["ratio"] = result["rrclarc_ms"] / result["control_ms"]
+    return result
+
+
+def cav_throughput(vanilla, x, layer: str, repeats: int) -> dict[str, float]:
+    """Images per second: one streaming signal-CAV pass vs plain inference over the same images."""
+    labels = torch.arange(x.shape[0]) % 2
+    best = {"cav": float("inf"), "inference": float("inf")}
+    for _ in range(repeats):
+        start = time.perf_counter()
+        compute_cav(vanilla, layer, (x, labels), batch_size=256, validation_fraction=0, progress=False)
+        best["cav"] = min(best["cav"], time.perf_counter() - start)
+        start = time.perf_counter()
+        predict(vanilla, x, batch_size=256)
+        best["inference"] = min(best["inference"], time.perf_counter() - start)
+    result = {f"{name}_images_per_s": x.shape[0] / seconds for name, seconds in best.items()}
+    result["ratio"] = result["cav_images_per_s"] / result["inference_images_per_s"]
+    return result
+
+
+def summarise(per_seed: list[dict]) -> dict:
+    names = per_seed[0]["rows"].keys()
+    summary = {}
+    for name in names:
+        summary[name] = {}
+        for key in per_seed[0]["rows"][name]:
+            values = [seed["rows"][name][key] for seed in per_seed]
+            summary[name][key] = {"mean": float(np.mean(values)), "std": float(np.std(values)), "values": values}
+    alignment = {}
+    for method in per_seed[0]["cav_alignment"]:
+        alignment[method] = {key: float(np.mean([seed["cav_alignment"][method][key] for seed in per_seed]))
+                             for key in ("alignment", "alignment_of_means", "auc")
+                             if per_seed[0]["cav_alignment"][method][key] is not None}
+    return {"accuracy": summary, "cav_alignment": alignment}
+
+
+def markdown(summary: dict, timing: dict, throughput: dict, n_seeds: int) -> str:
+    def cell(entry, scale=100.0, digits=1):
+        return f"{scale * entry['mean']:.{digits}f} ± {scale * entry['std']:.{digits}f}"
+
+    lines = [f"| model ({n_seeds} seeds) | clean acc. | attacked acc. | drop | TCAV score | TCAV sensitivity |",
+             "|---|---|---|---|---|---|"]
+    for name, values in summary["accuracy"].items():
+        lines.append(f"| {name} | {cell(values['clean_accuracy'])} | {cell(values['attacked_accuracy'])} | "
+                     f"{cell(values['attack_drop'])} | {cell(values['tcav_score'], 1.0, 2)} | "
+                     f"{values['tcav_sensitivity']['mean']:.2e} |")
+    lines += ["", "| CAV | alignment (per sample) | alignment (of means) | concept AUC |", "|---|---|---|---|"]
+    for method, values in summary["cav_alignment"].items():
+        lines.append(f"| {method} | {values['alignment']:.3f} | {values['alignment_of_means']:.3f} | "
+                     f"{values.get('auc', float('nan')):.3f} |")
+    lines += ["", f"Step time: RR-ClArC {timing['rrclarc_ms']:.1f} ms vs λ=0 control {timing['control_ms']:.1f} ms "
+                  f"(ratio {timing['ratio']:.2f}x, same freeze policy).",
+              f"CAV pass: {throughput['cav_images_per_s']:.0f} images/s vs inference "
+              f"{throughput['inference_images_per_s']:.0f} images/s (ratio {throughput['ratio']:.2f})."]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    results = header(args)
+    started = time.time()
+    per_seed = []
+    for seed in args.seeds:
+        outcome = run_seed(seed, args)
+        per_seed.append(outcome)
+        row = outcome["rows"]
+        print(f"seed {seed}: " + ", ".join(f"{name} {100 * r['clean_accuracy']:.1f}/{100 * r['attacked_accuracy']:.1f}"
+                                           for name, r in row.items()), flush=True)
+    last = per_seed[-1]
+    timing = step_times(last["vanilla_model"], last["cav"], last["x"], last["y"], args)
+    throughput = cav_throughput(last["vanilla_model"], last["x"][:2000 if args.quick else 10_000], args.layer,
+                                repeats=1 if args.quick else 3)
+    summary = summarise(per_seed)
+    results.update({"summary": summary, "step_time": timing, "cav_throughput": throughput,
+                    "per_seed": [{key: value for key, value in seed.items() if key in ("rows", "cav_alignment",
+                                                                                        "train_artifact_images")}
+                                 for seed in per_seed],
+                    "seconds": time.time() - started})
+    table = markdown(summary, timing, throughput, len(args.seeds))
+    print("\n" + table)
+    write_json(args.output, results)
+    args.output.with_suffix(".md").write_text(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,137 @@
+"""``hf-debias cav``: compute a bias CAV for a model from a dataset with a concept column, or from two image
+folders (images with the concept, images without), and save it as ``cav.safetensors`` + ``cav_config.json``.
+
+    hf-debias cav simple_convnet --layer stages.2 --dataset controlled-artifact --only-class 0 --output-dir cav
+    hf-debias cav resnet18 --layer layer3 --concept-dir ruler/ --clean-dir no_ruler/ --concept ruler --output-dir cav
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from .cav import CAV_METHODS, POOLINGS, compute_cav
+from .loading import load_classifier
+
+CONTROLLED_ARTIFACT = "controlled-artifact"
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", help="a timm model name, an hf-hub:/local-dir: timm id, or a transformers model id "
+                                      "or folder")
+    parser.add_argument("--layer", default=None, help="module name of the layer (see `hf-debias layers MODEL`); "
+                                                      "default: the input of the classifier head")
+    parser.add_argument("--output-dir", "--output_dir", required=True, help="folder to write the CAV to")
+    parser.add_argument("--concept", default=None, help="what the CAV means, recorded with it (e.g. 'ruler')")
+    source = parser.add_argument_group("data (a dataset with a concept column, or two image folders)")
+    source.add_argument("--dataset", default=None,
+                        help=f"'{CONTROLLED_ARTIFACT}' (built in, offline), a Hugging Face dataset id or a local "
+                             "imagefolder")
+    source.add_argument("--split", default="train", help="dataset split to use")
+    source.add_argument("--concept-column", "--concept_column", default=None,
+                        help="0/1 column saying whether the concept is present (default: 'artifact' for the "
+                             "built-in benchmark, else 'concept')")
+    source.add_argument("--only-class", "--only_class", type=int, default=None,
+                        help="use only samples of this class (CAVs are usually fitted within the affected class)")
+    source.add_argument("--label-column", "--label_column", default="labels", help="class column for --only_class")
+    source.add_argument("--concept-dir", "--concept_dir", default=None, help="folder of images that show the concept")
+    source.add_argument("--clean-dir", "--clean_dir", default=None, help="folder of images that do not")
+    source.add_argument("--max-samples", "--max_samples", type=int, default=None, help="use at most this many samples")
+    fitting = parser.add_argument_group("fitting")
+    fitting.add_argument("--method", default="signal", choices=CAV_METHODS,
+                         help="signal (default, streaming) / fastcav, or a filter CAV: svm, ridge, lasso, logistic")
+    fitting.add_argument("--pooling", default="max", choices=POOLINGS, help="how the layer's activation is pooled")
+    fitting.add_argument("--no-intercept", "--no_intercept", action="store_true", help="filter CAVs: fit without an intercept")
+    fitting.add_argument("--validation-fraction", "--validation_fraction", type=float, default=0.1,
+                         help="share of samples held out for the concept-detection AUC")
+    fitting.add_argument("--batch-size", "--batch_size", type=int, default=64, help="images per forward pass")
+    model = parser.add_argument_group("model")
+    model.add_argument("--num-classes", "--num_classes", type=int, default=None, help="replace the head with this many classes")
+    model.add_argument("--pretrained", action="store_true", help="load timm weights for an architecture name")
+    model.add_argument("--checkpoint", default=None,
+                       help="a model.safetensors to load into the model (e.g. from `hf-debias train`)")
+    model.add_argument("--device", default=None, help="where to run (default: cuda if available, else cpu)")
+    model.add_argument("--no-progress", "--no_progress", action="store_true", help="hide the progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    model = load_classifier(args.model, num_classes=args.num_classes, pretrained=args.pretrained)
+    if args.checkpoint:
+        load_checkpoint(model, args.checkpoint)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model.to(device)
+    data = concept_data(args, model)
+    cav = compute_cav(model, args.layer, data, concept=args.concept, method=args.method, pooling=args.pooling,
+                      concept_column="concept", batch_size=args.batch_size, validation_fraction=args.validation_fraction,
+                      fit_intercept=not args.no_intercept, progress=not args.no_progress)
+    cav.save_pretrained(args.output_dir)
+    print(f"{cav}\nSaved to {args.output_dir}")
+    return 0
+
+
+def load_checkpoint(model: torch.nn.Module, path: str) -> None:
+    """Load a safetensors state dict, also one saved from a ``DebiasModel`` (keys prefixed ``model.``)."""
+    from safetensors.torch import load_file
+
+    state = load_file(path)
+    if state and all(key.startswith("model.") for key in state):
+        state = {key[len("model."):]: value for key, value in state.items()}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"{path} does not fit the model: missing {missing[:5]}, unexpected {unexpected[:5]}.")
+
+
+def concept_data(args: argparse.Namespace, model: torch.nn.Module):
+    """A ``datasets.Dataset`` with ``image`` and a 0/1 ``concept`` column from the chosen source."""
+    import datasets
+
+    folders = args.concept_dir is not None or args.clean_dir is not None
+    if folders == (args.dataset is not None):
+        raise ValueError("Give either --dataset or both --concept-dir and --clean-dir.")
+    if folders:
+        if not (args.concept_dir and args.clean_dir):
+            raise ValueError("--concept-dir and --clean-dir go together: images with and without the concept.")
+        files = [(path, 1) for path in _images_in(args.concept_dir)] + [(path, 0) for path in _images_in(args.clean_dir)]
+        dataset = datasets.Dataset.from_dict({"image": [str(path) for path, _ in files],
+                                              "concept": [label for _, label in files]}).cast_column("image",
+                                                                                                   datasets.Image())
+    else:
+        if args.dataset == CONTROLLED_ARTIFACT:
+            from .data import build_controlled_artifact
+
+            size = tuple(getattr(model, "pretrained_cfg", {}).get("input_size", (3, 16, 16)))[-1]
+            dataset = build_controlled_artifact(image_size=size)[args.split]
+        elif Path(args.dataset).is_dir():
+            dataset = datasets.load_dataset("imagefolder", data_dir=args.dataset, split=args.split)
+        else:
+            dataset = datasets.load_dataset(args.dataset, split=args.split)
+        column = args.concept_column or ("artifact" if args.dataset == CONTROLLED_ARTIFACT else "concept")
+        if column not in dataset.column_names:
+            raise ValueError(f"The dataset has no concept column {column!r}; its columns are {dataset.column_names}. "
+                             "Pass --concept-column NAME.")
+        if args.only_class is not None:
+            if args.label_column not in dataset.column_names:
+                raise ValueError(f"--only-class needs the class column {args.label_column!r}; columns are "
+                                 f"{dataset.column_names}.")
+            dataset = dataset.filter(lambda label: label == args.only_class, input_columns=args.label_column)
+        if column != "concept":
+            dataset = dataset.rename_column(column, "concept")
+        if "image" not in dataset.column_names:
+            raise ValueError(f"The dataset has no 'image' column; its columns are {dataset.column_names}.")
+        dataset = dataset.select_columns(["image", "concept"])
+    if args.max_samples:
+        dataset = dataset.shuffle(seed=0).select(range(min(args.max_samples, len(dataset))))
+    return dataset  # compute_cav preprocesses 'image' with the model's own data config
+
+
+def _images_in(folder: str) -> list[Path]:
+    path = Path(folder)
+    if not path.is_dir():
+        raise ValueError(f"{folder!r} is not a folder.")
+    files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise ValueError(f"{folder!r} has no images ({', '.join(sorted(IMAGE_SUFFIXES))}).")
+    return files

@@ -1,0 +1,192 @@
+"""CAVs: fitting (signal equals the class-mean difference), streaming computation over a model with bounded
+memory, storage, and the ClArC baselines that use them."""
+
+import gc
+import json
+
+import psutil
+import pytest
+import timm
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from hf_debias import CAV, AClArCConfig, PClArCConfig, compute_cav, get_debias_model
+from hf_debias.cav import CAV_METHODS, pool_activation
+
+
+def concept_data(n=400, channels=8, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    labels = (torch.rand(n, generator=generator) < 0.3).long()
+    direction = torch.zeros(channels)
+    direction[2] = 1.0
+    activations = torch.randn(n, channels, generator=generator) + 2.0 * labels[:, None] * direction
+    return activations, labels, direction
+
+
+def test_signal_cav_is_the_normalised_difference_of_class_means():
+    activations, labels, _ = concept_data()
+    cav = CAV.fit(activations, labels, concept="stripe", layer="layer3")
+    difference = activations[labels == 1].mean(0) - activations[labels == 0].mean(0)
+    assert torch.allclose(cav.vector, difference / difference.norm(), atol=1e-6)
+    assert cav.vector.norm().item() == pytest.approx(1.0, abs=1e-6)
+    fast = CAV.fit(activations, labels, method="fastcav")
+    assert torch.allclose(fast.vector, cav.vector, atol=1e-6)  # mean(with) - mean(all) has the same direction
+    scores = activations @ cav.vector
+    assert cav.concept_mean == pytest.approx(scores[labels == 1].mean().item(), rel=1e-5)
+    assert cav.clean_mean == pytest.approx(scores[labels == 0].mean().item(), rel=1e-5)
+    assert (cav.num_samples, cav.num_concept_samples) == (400, int(labels.sum()))
+
+
+@pytest.mark.parametrize("method", [m for m in CAV_METHODS if m not in ("signal", "fastcav")])
+@pytest.mark.parametrize("fit_intercept", [True, False])
+def test_filter_cavs_find_the_concept_and_record_the_search(method, fit_intercept):
+    activations, labels, direction = concept_data()
+    cav = CAV.fit(activations, labels, method=method, fit_intercept=fit_intercept, validation_fraction=0.25)
+    assert float(cav.vector @ direction) > 0.8
+    assert cav.quality["auc"] > 0.85  # measured on the held-out quarter
+    assert cav.fit_params["fit_intercept"] is fit_intercept
+    assert set(cav.fit_params) & {"C", "alpha"}
+
+
+def test_save_and_load_round_trip(tmp_path):
+    activations, labels, _ = concept_data()
+    cav = CAV.fit(activations, labels, concept="stripe", layer="layer3", pooling="mean",
+                  base_model_name_or_path="timm/resnet18.a1_in1k", revision="abc", validation_fraction=0.2)
+    cav.save_pretrained(tmp_path / "stripe")
+    assert sorted(p.name for p in (tmp_path / "stripe").iterdir()) == ["cav.safetensors", "cav_config.json"]
+    loaded = CAV.from_pretrained(tmp_path / "stripe")
+    assert torch.equal(loaded.vector, cav.vector)
+    assert loaded.metadata() == cav.metadata()
+    assert json.loads((tmp_path / "stripe" / "cav_config.json").read_text())["num_channels"] == 8
+
+
+def test_wrong_shapes_and_labels_fail_clearly(tmp_path):
+    activations, labels, _ = concept_data()
+    with pytest.raises(ValueError, match="all 0"):
+        CAV.fit(activations, torch.zeros(400, dtype=torch.long))
+    with pytest.raises(ValueError, match="0 .concept absent. or 1"):
+        CAV.fit(activations, labels * 2)
+    with pytest.raises(ValueError, match=r"pooled floats shaped \[N, C\]"):
+        CAV.fit(torch.randn(10, 3, 2, 2), labels[:10])
+    with pytest.raises(ValueError, match="method='pca'.*signal"):
+        CAV.fit(activations, labels, method="pca")
+    cav = CAV.fit(activations, labels)
+    cav.save_pretrained(tmp_path)
+    save_file({"cav": torch.ones(5)}, str(tmp_path / "cav.safetensors"))
+    with pytest.raises(ValueError, match=r"shape \(5,\).*num_channels=8"):
+        CAV.from_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="has 8 channels but layer 'x' has 5"):
+        cav.check_channels(5, "x")
+
+
+def small_convnet():
+    torch.manual_seed(0)
+    return timm.create_model("simple_convnet", num_classes=3)
+
+
+def images_with_concept(n=96, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 3, 16, 16, generator=generator)
+    t = (torch.arange(n) % 3 == 0).long()
+    x[t == 1, :, :4, :4] += 3.0  # the concept: a bright corner
+    return x, t
+
+
+def test_compute_cav_streams_and_equals_the_cav_fitted_on_collected_activations():
+    model = small_convnet()
+    x, t = images_with_concept()
+    streamed = compute_cav(model, "stages.1", (x, t), batch_size=16, validation_fraction=0, progress=False)
+    with torch.no_grad():
+        acts = {}
+        handle = model.stages[1].register_forward_hook(lambda m, a, out: acts.setdefault("a", out))
+        model.eval()(x)
+        handle.remove()
+    pooled = pool_activation(acts["a"], "max")
+    direct = CAV.fit(pooled, t)
+    assert torch.allclose(streamed.vector, direct.vector, atol=1e-5)
+    assert streamed.layer == "stages.1" and streamed.base_model_name_or_path == "simple_convnet"
+    # The same from a DataLoader of dicts and from a datasets.Dataset.
+    loader = torch.utils.data.DataLoader([{"pixel_values": xi, "concept": ti} for xi, ti in zip(x, t)], batch_size=10)
+    from_loader = compute_cav(model, "stages.1", loader, validation_fraction=0, progress=False)
+    assert torch.allclose(from_loader.vector, direct.vector, atol=1e-5)
+    import datasets
+
+    dataset = datasets.Dataset.from_dict({"pixel_values": x.numpy(), "concept": t.numpy()}).with_format("torch")
+    from_dataset = compute_cav(model, "stages.1", dataset, validation_fraction=0, progress=False)
+    assert torch.allclose(from_dataset.vector, direct.vector, atol=1e-5)
+
+
+def test_compute_cav_holds_out_samples_for_the_auc():
+    model = small_convnet()
+    x, t = images_with_concept(n=300)
+    cav = compute_cav(model, "stages.0", (x, t), validation_fraction=0.2, progress=False)
+    assert cav.num_samples == 240 and cav.quality["auc"] > 0.95
+    svm = compute_cav(model, "stages.0", (x, t), method="svm", validation_fraction=0.2, progress=False)
+    assert svm.num_samples == 240 and svm.quality["auc"] > 0.95
+
+
+def test_streaming_cav_memory_does_not_grow_with_the_number_of_samples():
+    channels, batch = 4096, 256
+    model = nn.Sequential(nn.Flatten(), nn.Identity())
+    rss = []
+
+    def batches(n_batches):
+        process = psutil.Process()
+        for index in range(n_batches):
+            if index in (5, n_batches - 1):
+                gc.collect()
+                rss.append(process.memory_info().rss)
+            x = torch.randn(batch, channels)
+            yield x, (torch.arange(batch) % 2)
+
+    compute_cav(model, "1", batches(80), validation_fraction=0, progress=False)  # 20,480 samples
+    growth = rss[1] - rss[0]
+    kept_if_collected = 75 * batch * channels * 4  # what keeping the pooled activations would add: 315 MB
+    assert growth < kept_if_collected / 20, f"memory grew by {growth / 2**20:.0f} MiB"
+
+
+def test_compute_cav_rejects_bad_input():
+    model = small_convnet()
+    x, t = images_with_concept()
+    with pytest.raises(ValueError, match="pooling='cls' needs a token activation"):
+        compute_cav(model, "stages.1", (x, t), pooling="cls", progress=False)
+    with pytest.raises(ValueError, match="Layer 'stage.1' not found|closest"):
+        compute_cav(model, "stage.1", (x, t), progress=False)
+    with pytest.raises(ValueError, match="with and 0 without|samples with"):
+        compute_cav(model, "stages.1", (x, torch.ones_like(t)), validation_fraction=0, progress=False)
+    loader = [{"pixel_values": x[:4], "artifact": t[:4]}]
+    with pytest.raises(ValueError, match="'concept'.*concept_column"):
+        compute_cav(model, "stages.1", loader, progress=False)
+
+
+def test_pclarc_moves_every_sample_to_the_clean_mean():
+    model = small_convnet()
+    x, t = images_with_concept()
+    cav = compute_cav(model, "stages.1", (x, t), validation_fraction=0, progress=False)
+    corrected = get_debias_model(model, PClArCConfig(cav=cav)).eval()
+    assert corrected.debias_config.layer == "stages.1"  # taken from the CAV
+    acts = {}
+    handle = model.stages[2].register_forward_pre_hook(lambda m, args: acts.setdefault("a", args[0]))
+    with torch.no_grad():
+        corrected(x)
+    handle.remove()
+    projection = pool_activation(acts["a"], "max") @ cav.vector
+    assert torch.allclose(projection, torch.full_like(projection, cav.clean_mean), atol=1e-4)
+
+
+def test_aclarc_shifts_to_the_concept_mean_in_training_only():
+    model = small_convnet()
+    x, t = images_with_concept()
+    cav = compute_cav(model, "stages.1", (x, t), validation_fraction=0, progress=False)
+    with torch.no_grad():
+        plain = model.eval()(x)
+    wrapped = get_debias_model(model, AClArCConfig(cav=cav, freeze="none"))
+    with torch.no_grad():
+        assert torch.allclose(wrapped.eval()(x).logits, plain, atol=1e-6)  # evaluation: the plain model
+    acts = {}
+    handle = model.stages[2].register_forward_pre_hook(lambda m, args: acts.setdefault("a", args[0]))
+    wrapped.train()(x, labels=t)
+    handle.remove()
+    projection = pool_activation(acts["a"], "max") @ cav.vector
+    assert torch.allclose(projection, torch.full_like(projection, cav.concept_mean), atol=1e-4)
