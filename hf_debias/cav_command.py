@@ -102,8 +102,7 @@ def concept_data(args: argparse.Namespace, model: torch.nn.Module):
         if args.dataset == CONTROLLED_ARTIFACT:
             from .data import build_controlled_artifact
 
-            size = tuple(getattr(model, "pretrained_cfg", {}).get("input_size", (3, 16, 16)))[-1]
-            dataset = build_controlled_artifact(image_size=size)[args.split]
+            dataset = build_controlled_artifact()[args.split]  # the same data as `hf-debias train --dataset ...`
         elif Path(args.dataset).is_dir():
             dataset = datasets.load_dataset("imagefolder", data_dir=args.dataset, split=args.split)
         else:

@@ -28,8 +28,8 @@ def format_table(rows: Mapping[str, Mapping[str, float]], metrics: Sequence[tupl
 
 def write_report(output_dir: str | Path, rows: Mapping[str, Mapping[str, float]], *, title: str,
                  details: Mapping[str, object] | None = None,
-                 metrics: Sequence[tuple[str, str]] = REPORT_METRICS) -> tuple[Path, Path]:
-    """Write ``report.json`` (rows + details) and ``report.png`` (grouped bars) into ``output_dir``."""
+                 metrics: Sequence[tuple[str, str]] = REPORT_METRICS, name: str = "report") -> tuple[Path, Path]:
+    """Write ``<name>.json`` (rows + details) and ``<name>.png`` (grouped bars) into ``output_dir``."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -37,7 +37,7 @@ def write_report(output_dir: str | Path, rows: Mapping[str, Mapping[str, float]]
 
     output = Path(output_dir)
     output.mkdir(parents=True, exist_ok=True)
-    json_path = output / "report.json"
+    json_path = output / f"{name}.json"
     json_path.write_text(json.dumps({"title": title, "results": rows, **(details or {})}, indent=2) + "\n")
 
     shown = [(key, label) for key, label in metrics if all(key in values for values in rows.values())]
@@ -55,7 +55,7 @@ def write_report(output_dir: str | Path, rows: Mapping[str, Mapping[str, float]]
     ax.legend(loc="upper left", fontsize=8)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    png_path = output / "report.png"
+    png_path = output / f"{name}.png"
     fig.savefig(png_path)
     plt.close(fig)
     return json_path, png_path

@@ -110,9 +110,13 @@ class DebiasTrainer(Trainer):
         if config is not None and model is not None and not isinstance(model, DebiasModel):
             model = get_debias_model(model, config)
         self.bias_label_column = getattr(args, "bias_label_column", "bias_labels")
-        if args.label_names is None:  # keeps the bias column through remove_unused_columns, for every model
-            args.label_names = ["labels", self.bias_label_column]
         train_dataset = trainer_kwargs.get("train_dataset")
+        if args.label_names is None:  # keeps the bias column through remove_unused_columns, for every model
+            columns = getattr(train_dataset, "column_names", None)
+            has_bias = columns is None or self.bias_label_column in columns or (
+                config is not None and method_class_for(config).needs_bias_labels)
+            # Only when the data has it: Trainer skips compute_metrics for batches without every label name.
+            args.label_names = ["labels", self.bias_label_column] if has_bias else ["labels"]
         if config is not None:
             _check_training_data(train_dataset, self.bias_label_column, args, config)
         self.aligned_bias = _aligned_bias_of(train_dataset, self.bias_label_column)

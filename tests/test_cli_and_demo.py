@@ -17,7 +17,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_demo_quick_writes_report_and_compares_both_models(tmp_path, capsys):
-    rows = run_demo(quick_settings(tmp_path))
+    results = run_demo(quick_settings(tmp_path))
+    rows = results["end"]
     assert set(rows) == {"vanilla", "EnD"}
     for values in rows.values():
         assert set(values) == {"unbiased_accuracy", "bias_conflicting_accuracy", "biased_accuracy",
@@ -26,8 +27,16 @@ def test_demo_quick_writes_report_and_compares_both_models(tmp_path, capsys):
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["results"] == rows and report["end_config"]["debias_method"] == "end"
     assert (tmp_path / "report.png").read_bytes()[:4] == b"\x89PNG"
+    artifact_rows = results["rrclarc"]
+    assert set(artifact_rows) == {"vanilla", "lambda=0 control", "RR-ClArC"}
+    for values in artifact_rows.values():
+        assert 0.0 <= values["clean_accuracy"] <= 1.0 and 0.0 <= values["attacked_accuracy"] <= 1.0
+        assert values["attack_drop"] == pytest.approx(values["clean_accuracy"] - values["attacked_accuracy"])
+    report = json.loads((tmp_path / "rrclarc_report.json").read_text())
+    assert report["results"] == artifact_rows and report["cav"]["concept"] == "corner patch"
+    assert (tmp_path / "rrclarc_report.png").read_bytes()[:4] == b"\x89PNG"
     out = capsys.readouterr().out
-    assert "bias-conflicting" in out and "vanilla" in out and "report.png" in out
+    assert "bias-conflicting" in out and "vanilla" in out and "report.png" in out and "attacked" in out
 
 
 def test_cli_demo_quick(tmp_path):
@@ -139,3 +148,44 @@ def test_cli_train_on_an_image_folder_with_a_bias_csv(tmp_path):
     (tmp_path / "bias.csv").write_text("file_name,group\ncat0.png,1\n")
     assert main(["train", "--dataset", str(tmp_path / "data"), "--bias_csv", str(tmp_path / "bias.csv"),
                  "--output_dir", str(tmp_path / "out2"), "--debias", "end", "--use_cpu", "true"]) == 2
+
+
+def test_cli_cav_from_two_folders_and_from_the_builtin_benchmark(tmp_path, capsys):
+    from PIL import Image
+
+    from hf_debias import CAV
+
+    rng = __import__("numpy").random.default_rng(0)
+    for folder, brightness in (("with", 200), ("without", 20)):
+        (tmp_path / folder).mkdir()
+        for index in range(12):
+            pixels = rng.integers(0, 40, (16, 16, 3)).astype("uint8")
+            pixels[:5, :5] = brightness
+            Image.fromarray(pixels).save(tmp_path / folder / f"{index}.png")
+    assert main(["cav", "simple_convnet", "--layer", "stages.1", "--concept-dir", str(tmp_path / "with"),
+                 "--clean-dir", str(tmp_path / "without"), "--concept", "bright corner", "--validation-fraction",
+                 "0.25", "--output-dir", str(tmp_path / "cav"), "--no-progress"]) == 0
+    cav = CAV.from_pretrained(tmp_path / "cav")
+    assert (cav.concept, cav.layer, cav.num_samples, cav.base_model_name_or_path) == (
+        "bright corner", "stages.1", 18, "simple_convnet")
+    assert cav.quality["auc"] == 1.0
+    assert main(["cav", "simple_convnet", "--layer", "stages.2", "--dataset", "controlled-artifact", "--only-class",
+                 "0", "--max-samples", "300", "--output-dir", str(tmp_path / "patch"), "--no-progress"]) == 0
+    assert CAV.from_pretrained(tmp_path / "patch").num_channels == 64
+    assert main(["cav", "simple_convnet", "--dataset", "controlled-artifact", "--concept-dir", "x",
+                 "--output-dir", str(tmp_path / "bad")]) == 2
+    assert "either --dataset or both" in capsys.readouterr().err
+
+
+def test_cli_train_rrclarc_on_the_controlled_artifact_benchmark(tmp_path):
+    assert main(["cav", "simple_convnet", "--layer", "stages.2", "--dataset", "controlled-artifact", "--only-class",
+                 "0", "--max-samples", "200", "--output-dir", str(tmp_path / "cav"), "--no-progress"]) == 0
+    assert main(["train", "--model_name_or_path", "simple_convnet", "--dataset", "controlled-artifact",
+                 "--max_train_samples", "128", "--max_eval_samples", "64", "--per_device_train_batch_size", "32",
+                 "--max_steps", "2", "--output_dir", str(tmp_path / "run"), "--debias", "rrclarc", "--cav",
+                 str(tmp_path / "cav"), "--rrclarc_lamb", "10", "--freeze", "before_layer", "--use_cpu",
+                 "--report_to", "none", "--disable_tqdm", "true"]) == 0
+    metrics = json.loads((tmp_path / "run" / "eval_results.json").read_text())
+    assert {"eval_test_clean_accuracy", "eval_test_attacked_accuracy"} <= set(metrics)
+    saved = json.loads((tmp_path / "run" / "debias_config.json").read_text())
+    assert saved["debias_method"] == "rrclarc" and saved["layer"] == "stages.2" and saved["cav"] == "cav"

@@ -153,7 +153,9 @@ def controlled_artifact_arrays(source: dict[str, tuple[np.ndarray, np.ndarray]] 
     missing = [name for name in ("train", "test") if name not in source]
     if missing:
         raise ValueError(f"source needs 'train' and 'test' splits (and optionally 'validation'); missing {missing}.")
-    rng = np.random.default_rng(seed)
+    # Its own stream: a plain default_rng(seed) permutation would pick the same positions as a user's
+    # shuffle(seed=seed) (datasets uses one), so a shuffled subset would hold only artifact images.
+    rng = np.random.default_rng([seed, 0xA27])
     out = {}
     for split in SPLITS:
         base = {"test_clean": "test", "test_attacked": "test"}.get(split, split)

@@ -1,12 +1,20 @@
-"""Group metrics (worst-group, unbiased, bias-aligned / conflicting accuracy), as functions and as an
-offline ``evaluate`` module."""
+"""Group metrics (worst-group, unbiased, bias-aligned / conflicting accuracy) and the controlled-artifact metrics
+(clean vs attacked accuracy, TCAV, CAV alignment), as functions and as offline ``evaluate`` modules."""
 
 from pathlib import Path
 
+from .artifact import artifact_accuracy, cav_alignment, directional_derivatives, tcav
 from .group import ALIGNED_IDENTITY, group_accuracy, infer_aligned_bias
 
-GROUP_ACCURACY_MODULE = str(Path(__file__).parent / "group_accuracy")
+_HERE = Path(__file__).parent
+GROUP_ACCURACY_MODULE = str(_HERE / "group_accuracy")
 """Path for ``evaluate.load(GROUP_ACCURACY_MODULE)``; it loads offline."""
+ARTIFACT_ACCURACY_MODULE = str(_HERE / "artifact_accuracy")
+"""Path for ``evaluate.load(ARTIFACT_ACCURACY_MODULE)``: clean / attacked accuracy and the drop."""
+CAV_ALIGNMENT_MODULE = str(_HERE / "cav_alignment")
+"""Path for ``evaluate.load(CAV_ALIGNMENT_MODULE)``: cosine between a CAV and the artifact's activation change."""
+TCAV_MODULE = str(_HERE / "tcav")
+"""Path for ``evaluate.load(TCAV_MODULE)``: TCAV score and sensitivity from directional derivatives."""
 
 
 def load_group_accuracy(**kwargs):
@@ -16,4 +24,6 @@ def load_group_accuracy(**kwargs):
     return evaluate.load(GROUP_ACCURACY_MODULE, **kwargs)
 
 
-__all__ = ["ALIGNED_IDENTITY", "GROUP_ACCURACY_MODULE", "group_accuracy", "infer_aligned_bias", "load_group_accuracy"]
+__all__ = ["ALIGNED_IDENTITY", "ARTIFACT_ACCURACY_MODULE", "CAV_ALIGNMENT_MODULE", "GROUP_ACCURACY_MODULE", "TCAV_MODULE", "artifact_accuracy",
+           "cav_alignment", "directional_derivatives", "group_accuracy", "infer_aligned_bias", "load_group_accuracy",
+           "tcav"]
