@@ -1,0 +1,84 @@
+"""The controlled-artifact benchmark data and its metrics (functions and offline evaluate modules)."""
+
+import evaluate
+import numpy as np
+import pytest
+import torch
+
+from hf_debias.data import ARTIFACTS, ArtifactSpec, build_controlled_artifact, controlled_artifact_arrays, insert_artifact
+from hf_debias.metrics import (ARTIFACT_ACCURACY_MODULE, CAV_ALIGNMENT_MODULE, TCAV_MODULE, artifact_accuracy,
+                               cav_alignment, tcav)
+
+
+def small(**kwargs):
+    return controlled_artifact_arrays(n_train=400, n_validation=50, n_test=60, **kwargs)
+
+
+@pytest.mark.parametrize("kind", ARTIFACTS)
+def test_each_artifact_goes_into_a_share_p_of_one_class_and_every_attacked_image(kind):
+    splits = small(artifact=ArtifactSpec(kind), target_class=3, p=0.5, image_size=28)
+    train = splits["train"]
+    in_class = train.labels == 3
+    assert train.artifact[in_class].sum() == round(0.5 * in_class.sum())
+    assert train.artifact[~in_class].sum() == 0
+    assert splits["test_clean"].artifact.sum() == 0 and splits["test_attacked"].artifact.all()
+    assert np.array_equal(splits["test_clean"].labels, splits["test_attacked"].labels)
+    changed = (splits["test_clean"].images != splits["test_attacked"].images).any(axis=-1)
+    masks = splits["test_attacked"].masks
+    assert not (changed & ~masks).any()  # nothing changes outside the mask
+    assert changed.any() and not splits["test_clean"].masks.any()
+
+
+def test_artifacts_draw_what_they_promise():
+    images = np.full((2, 20, 20, 3), 100, dtype=np.uint8)
+    patched, mask = insert_artifact(images, ArtifactSpec("patch", size=4))
+    assert mask[0].sum() == 16 and mask[0, 15:19, 15:19].all() and (patched[0][mask[0]] == 255).all()
+    bright, _ = insert_artifact(images, ArtifactSpec("brightness", strength=0.5))
+    assert (bright == 178).all()  # 100 * 0.5 + 255 * 0.5
+    hidden, _ = insert_artifact(images, ArtifactSpec("hidden_bits", bits=2))
+    assert (np.abs(hidden.astype(int) - 100) <= 3).all() and (hidden != 100).any()
+    assert np.array_equal(hidden[0], hidden[1])  # one fixed pattern
+    stamp, mask = insert_artifact(np.zeros((1, 28, 28, 3), np.uint8), "timestamp")
+    assert mask[0, 20:].any() and not mask[0, :20].any()  # bottom corner only
+    with pytest.raises(ValueError, match="does not fit"):
+        insert_artifact(np.zeros((1, 6, 6, 3), np.uint8), "timestamp")
+    with pytest.raises(ValueError, match="artifact='sticker'.*patch"):
+        ArtifactSpec("sticker")
+
+
+def test_builds_a_datasetdict_from_builtin_digits_and_from_user_data():
+    built = build_controlled_artifact(n_train=200, n_validation=20, n_test=30)
+    assert set(built) == {"train", "validation", "test_clean", "test_attacked"}
+    assert set(built["train"].column_names) == {"image", "labels", "artifact", "artifact_mask"}
+    import datasets
+
+    rng = np.random.default_rng(0)
+    user = datasets.DatasetDict({
+        split: datasets.Dataset.from_dict({"image": list(rng.integers(0, 255, (n, 24, 24, 3), dtype=np.uint8)),
+                                           "label": rng.integers(0, 2, n)},
+                                          features=datasets.Features({"image": datasets.Image(),
+                                                                      "label": datasets.Value("int64")}))
+        for split, n in (("train", 40), ("test", 10))})
+    out = build_controlled_artifact(user, artifact="brightness", target_class=1, p=1.0)
+    assert set(out) == {"train", "test_clean", "test_attacked"}
+    train = out["train"][:]
+    assert np.array_equal(np.asarray(train["artifact"]), np.asarray(train["labels"]) == 1)
+    with pytest.raises(ValueError, match="only apply to the built-in digits"):
+        build_controlled_artifact(user, noise=0.5)
+
+
+def test_artifact_accuracy_tcav_and_alignment_values_and_modules():
+    result = artifact_accuracy([1, 0, 1, 1], [1, 1, 1, 0], [0, 0, 1, 1])
+    assert result == {"clean_accuracy": 0.5, "attacked_accuracy": 0.5, "attack_drop": 0.0}
+    module = evaluate.load(ARTIFACT_ACCURACY_MODULE)
+    assert module.compute(predictions=[1, 0], references=[1, 1], attacked=[0, 1])["attack_drop"] == 1.0
+    assert tcav([0.5, -0.25, 1.0]) == {"tcav_score": pytest.approx(2 / 3), "tcav_sensitivity": pytest.approx(1.75 / 3)}
+    assert evaluate.load(TCAV_MODULE).compute(predictions=[0.5, -0.25, 1.0])["tcav_score"] == pytest.approx(2 / 3)
+    clean = torch.tensor([[0.0, 1.0], [1.0, 0.0]])
+    moved = clean + torch.tensor([[1.0, 0.0], [1.0, 1.0]])
+    values = cav_alignment(torch.tensor([1.0, 0.0]), clean, moved)
+    assert values["alignment"] == pytest.approx((1.0 + 2 ** -0.5) / 2)
+    assert values["alignment_of_means"] == pytest.approx(2 / np.sqrt(5))
+    computed = evaluate.load(CAV_ALIGNMENT_MODULE).compute(predictions=moved.tolist(), references=clean.tolist(),
+                                                           cav=[1.0, 0.0])
+    assert computed["alignment"] == pytest.approx(values["alignment"])
