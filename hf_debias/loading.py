@@ -49,9 +49,9 @@ def load_classifier(name_or_path: str, *, num_classes: int | None = None, pretra
                                                            ignore_mismatched_sizes=True)
 
 
-def unwrap_model(model: nn.Module) -> nn.Module:
-    """The classifier inside wrappers: ``DebiasModel`` / PEFT (``get_base_model``), DDP / FSDP (``module``) and
-    ``torch.compile`` (``_orig_mod``)."""
+def unwrap_model(model: nn.Module, *, through_debias: bool = True) -> nn.Module:
+    """The model inside DDP / FSDP (``module``) and ``torch.compile`` (``_orig_mod``) wrappers, and, with
+    ``through_debias``, inside ``DebiasModel`` / PEFT wrappers (``get_base_model``) too."""
     while True:
         modules = model.__dict__.get("_modules", {})
         if "_orig_mod" in modules:
@@ -59,7 +59,7 @@ def unwrap_model(model: nn.Module) -> nn.Module:
         elif "module" in modules and type(model).__name__ in ("DistributedDataParallel", "DataParallel",
                                                               "FullyShardedDataParallel"):
             model = modules["module"]
-        elif callable(getattr(type(model), "get_base_model", None)):
+        elif through_debias and callable(getattr(type(model), "get_base_model", None)):
             inner = model.get_base_model()
             if inner is model:
                 return model

@@ -77,6 +77,14 @@ class DebiasModel(nn.Module):
         if bias_labels is not None:
             check_label_tensor("bias_labels", bias_labels, batch_size)
 
+        if self.training and not self.method.compile_safe and torch.compiler.is_compiling():
+            # The penalty differentiates through hooked activations (double backward), which a compiled graph
+            # does not expose: this step runs eagerly; evaluation stays compiled.
+            return torch.compiler.disable(self._forward)(pixel_values, labels, bias_labels)
+        return self._forward(pixel_values, labels, bias_labels)
+
+    def _forward(self, pixel_values: torch.Tensor, labels: torch.Tensor | None,
+                 bias_labels: torch.Tensor | None) -> DebiasOutput:
         self.method.begin_forward()
         with self.method.forward_context():
             logits = logits_of(self.model(pixel_values))

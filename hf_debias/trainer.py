@@ -23,6 +23,7 @@ from .config import DebiasConfig, _CONFIG_CLASSES, available_methods
 from .freezing import FREEZE_POLICIES
 from .functional.end import PAIRINGS
 from .functional.rr_clarc import AGGREGATIONS, GRADIENT_TARGETS
+from .loading import unwrap_model
 from .methods.base import method_class_for
 from .metrics.group import group_accuracy, infer_aligned_bias
 from .model import DebiasModel, get_debias_model, logits_of
@@ -134,7 +135,7 @@ class DebiasTrainer(Trainer):
         if "pixel_values" not in inputs:
             raise ValueError(f"The batch has no 'pixel_values'; it has {sorted(inputs)}. Map the images to "
                              "'pixel_values' in the data collator or transform.")
-        if isinstance(self.accelerator.unwrap_model(model), DebiasModel):
+        if isinstance(unwrap_model(model, through_debias=False), DebiasModel):
             outputs = model(inputs["pixel_values"], labels=labels, bias_labels=bias_labels)
             loss = outputs.loss
             if outputs.penalty_terms is not None:
@@ -175,7 +176,7 @@ class DebiasTrainer(Trainer):
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
         """Trainer's save plus ``debias_config.json``, so that a checkpoint records its correction."""
         super()._save(output_dir, state_dict)
-        model = self.accelerator.unwrap_model(self.model)
+        model = unwrap_model(self.model, through_debias=False)
         if isinstance(model, DebiasModel) and self.args.should_save:
             model.debias_config.save_pretrained(output_dir or self.args.output_dir)
 

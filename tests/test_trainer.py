@@ -246,3 +246,26 @@ def test_rrclarc_flags_parse_and_bad_combinations_fail_at_parse_time(tmp_path):
                                             "--rrclarc_gradient_target", "allrand"])
     aclarc = DebiasTrainingArguments(output_dir=str(tmp_path), debias="aclarc", cav="x", freeze="none")
     assert aclarc.debias_config().freeze == "none"
+
+
+@pytest.mark.parametrize("method", ["end", "rrclarc"])
+def test_torch_compile_gives_the_same_losses(tmp_path, method):
+    from hf_debias import compute_cav
+
+    data = tiny_dataset()
+    extra = {}
+    if method == "rrclarc":
+        rows = data[:]
+        compute_cav(models()["timm"], "stages.2", (rows["pixel_values"], rows["bias_labels"]), validation_fraction=0,
+                    progress=False).save_pretrained(tmp_path / "cav")
+        extra = dict(cav=str(tmp_path / "cav"), freeze="none", rrclarc_lamb=10.0,
+                     rrclarc_gradient_target="all_logits")
+    losses = {}
+    for compiled in (False, True):
+        args = arguments(tmp_path / str(compiled), debias=method, logging_steps=1, max_steps=3,
+                         torch_compile=compiled, torch_compile_backend="aot_eager" if compiled else None, **extra)
+        trainer = DebiasTrainer(model=models()["timm"], args=args, train_dataset=data)
+        trainer.train()
+        losses[compiled] = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    assert len(losses[True]) == 3
+    assert losses[True] == pytest.approx(losses[False], rel=1e-4)

@@ -32,6 +32,8 @@ class DebiasMethod:
 
     config_class: ClassVar[type[DebiasConfig]]
     needs_bias_labels: ClassVar[bool] = False
+    compile_safe: ClassVar[bool] = True
+    """False for methods whose training step cannot run inside ``torch.compile`` (double backward)."""
 
     def __init_subclass__(cls, **kwargs) -> None:
         super().__init_subclass__(**kwargs)

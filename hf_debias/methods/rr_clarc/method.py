@@ -27,6 +27,7 @@ class RRClArC(CAVMethod):
     """
 
     config_class = RRClArCConfig
+    compile_safe = False  # torch.autograd.grad through hooked activations: training steps run eagerly
 
     def __init__(self, model: nn.Module, config: RRClArCConfig):
         super().__init__(model, config)
