@@ -15,7 +15,7 @@ For every seed:
 Then, side by side in one process: time per fine-tuning step of RR-ClArC vs the λ = 0 control (same freeze
 policy), and one streaming CAV pass vs plain inference over the same images (throughput ratio).
 
-    python benchmarks/rr_clarc_artifact.py              # full run (3 seeds, ~15 min on 2 CPU cores)
+    python benchmarks/rr_clarc_artifact.py              # full run (3 seeds, ~13 min on 2 CPU cores)
     python benchmarks/rr_clarc_artifact.py --quick      # smoke run (~30 s), used by the tests
 """
 
@@ -54,8 +54,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--n-train", type=int, default=20_000, help="training images")
     parser.add_argument("--n-test", type=int, default=5_000, help="images in each test split")
     parser.add_argument("--epochs", type=float, default=3.0, help="vanilla training epochs (lr 1e-3)")
-    parser.add_argument("--layer", default="stages.2", help="where the CAV lives and the correction acts")
-    parser.add_argument("--freeze", default="before_layer", help="freeze policy of every fine-tuned correction")
+    parser.add_argument("--layer", default="stages.3", help="where the CAV lives and the correction acts")
+    parser.add_argument("--freeze", default="conv_norm", help="freeze policy of every fine-tuned correction")
     parser.add_argument("--lamb", type=float, default=1000.0, help="RR-ClArC penalty weight")
     parser.add_argument("--finetune-epochs", type=float, default=1.0, help="fine-tuning epochs of the corrections")
     parser.add_argument("--finetune-lr", type=float, default=1e-3, help="fine-tuning learning rate")
@@ -227,7 +227,7 @@ def markdown(summary: dict, timing: dict, throughput: dict, n_seeds: int) -> str
     return "\n".join(lines) + "\n"
 
 
-def main(argv=None) -> int:
+def main(argv=None) -> dict:
     args = parse_args(argv)
     results = header(args)
     started = time.time()
@@ -252,8 +252,8 @@ def main(argv=None) -> int:
     print("\n" + table)
     write_json(args.output, results)
     args.output.with_suffix(".md").write_text(table)
-    return 0
+    return results
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -50,9 +50,9 @@ class DemoSettings:
     progress: bool = True
     parts: tuple[str, ...] = ("end", "rrclarc")
     artifact_n_train: int = 20_000
-    rrclarc_layer: str = "stages.2"
+    rrclarc_layer: str = "stages.3"
     rrclarc_lamb: float = 1000.0
-    rrclarc_freeze: str = "before_layer"
+    rrclarc_freeze: str = "conv_norm"
     finetune_epochs: float = 1.0
 
 

@@ -37,16 +37,16 @@ def write_report(output_dir: str | Path, rows: Mapping[str, Mapping[str, float]]
 
     output = Path(output_dir)
     output.mkdir(parents=True, exist_ok=True)
-    json_path = output / f"{name}.json"
+    json_path, png_path = output / f"{name}.json", output / f"{name}.png"
     json_path.write_text(json.dumps({"title": title, "results": rows, **(details or {})}, indent=2) + "\n")
 
     shown = [(key, label) for key, label in metrics if all(key in values for values in rows.values())]
     fig, ax = plt.subplots(figsize=(1.9 * len(shown) + 2, 4), dpi=120)
     width = 0.8 / max(len(rows), 1)
-    for index, (name, values) in enumerate(rows.items()):
+    for index, (row_name, values) in enumerate(rows.items()):
         xs = [position + (index - (len(rows) - 1) / 2) * width for position in range(len(shown))]
         heights = [100 * values[key] for key, _ in shown]
-        bars = ax.bar(xs, heights, width=width, label=name)
+        bars = ax.bar(xs, heights, width=width, label=row_name)
         ax.bar_label(bars, fmt="%.1f", fontsize=8, padding=2)
     ax.set_xticks(range(len(shown)), [label for _, label in shown])
     ax.set_ylabel("accuracy (%)")
@@ -55,7 +55,6 @@ def write_report(output_dir: str | Path, rows: Mapping[str, Mapping[str, float]]
     ax.legend(loc="upper left", fontsize=8)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    png_path = output / f"{name}.png"
     fig.savefig(png_path)
     plt.close(fig)
     return json_path, png_path

@@ -107,13 +107,27 @@ def test_cli_train_help_documents_every_option():
 
     parser = HfArgumentParser((ModelArguments, DataArguments, DebiasTrainingArguments))
     ours = {f for cls in (ModelArguments, DataArguments) for f in cls.__dataclass_fields__} | {
-        "debias", "debias_layer", "bias_label_column", "end_alpha", "end_beta", "end_pairing", "end_normalize_forward"}
+        "debias", "debias_layer", "bias_label_column", "end_alpha", "end_beta", "end_pairing", "end_normalize_forward",
+        "cav", "allow_cav_mismatch", "freeze", "rrclarc_lamb", "rrclarc_gradient_target", "rrclarc_target_class",
+        "rrclarc_aggregation"}
     for action in parser._actions:
         if action.dest in ours:
             assert action.help, f"--{action.dest} has no help"
     result = subprocess.run([sys.executable, "-m", "hf_debias.cli", "train", "--help"], capture_output=True,
                             text=True, check=True)
-    assert "--debias {none,end}" in result.stdout and "--end_alpha" in result.stdout
+    assert "--debias {none,aclarc,end,pclarc,rrclarc}" in result.stdout and "--end_alpha" in result.stdout
+    assert "--rrclarc_gradient_target {random_signs,all_logits,class,true_label,max_logit,mean_log_prob}" in \
+        result.stdout
+
+
+def test_rr_clarc_benchmark_quick_mode(tmp_path):
+    results = load_benchmark("rr_clarc_artifact").main(["--quick", "--output", str(tmp_path / "rr.json")])
+    rows = results["summary"]["accuracy"]
+    assert set(rows) == {"vanilla", "no-shortcut reference", "λ=0 control", "P-ClArC", "A-ClArC", "RR-ClArC"}
+    assert all(0.0 <= row["attacked_accuracy"]["mean"] <= 1.0 for row in rows.values())
+    assert set(results["summary"]["cav_alignment"]) == {"signal", "svm", "ridge", "lasso", "logistic"}
+    assert results["step_time"]["ratio"] > 0 and results["cav_throughput"]["ratio"] > 0
+    assert "| RR-ClArC |" in (tmp_path / "rr.md").read_text()
 
 
 def test_speed_benchmarks_quick_modes(tmp_path):

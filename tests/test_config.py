@@ -46,7 +46,27 @@ def test_invalid_values_fail_at_construction(kwargs, message):
 
 
 def test_unknown_method_lists_the_known_ones(tmp_path):
-    with pytest.raises(ValueError, match=r"debias_method='fancy' is not a known method; choose one of: \['end'"):
+    with pytest.raises(ValueError, match=r"debias_method='fancy' is not a known method; choose one of: \['aclarc', 'end', 'pclarc', 'rrclarc'\]"):
         DebiasConfig.from_dict({"debias_method": "fancy"})
     with pytest.raises(FileNotFoundError, match="debias_config.json"):
         DebiasConfig.from_pretrained(tmp_path)
+
+
+def test_rrclarc_config_saves_its_cav_next_to_it_and_loads_from_anywhere(tmp_path):
+    import shutil
+
+    import torch
+
+    from hf_debias import CAV, RRClArCConfig
+
+    cav = CAV(torch.tensor([3.0, 4.0]), concept="ruler", layer="layer3", concept_mean=1.0, clean_mean=0.0)
+    config = RRClArCConfig(cav=cav, lamb=5.0, gradient_target="class", target_class=1)
+    assert config.layer == "layer3"  # taken from the CAV
+    config.save_pretrained(tmp_path / "a")
+    saved = json.loads((tmp_path / "a" / "debias_config.json").read_text())
+    assert saved["cav"] == "cav" and saved["lamb"] == 5.0 and saved["debias_method"] == "rrclarc"
+    shutil.move(tmp_path / "a", tmp_path / "b")  # the folder is self-contained
+    loaded = DebiasConfig.from_pretrained(tmp_path / "b")
+    assert isinstance(loaded, RRClArCConfig) and loaded.target_class == 1
+    assert torch.allclose(loaded.load_cav().vector, torch.tensor([0.6, 0.8]))
+    assert loaded.load_cav().concept == "ruler"

@@ -99,7 +99,7 @@ class RRClArC(CAVMethod):
                 "changes nothing once that is done. For a per-image correction use an earlier layer (see "
                 "`hf-debias layers MODEL`) with a CAV computed there, and train the layers in between "
                 "(freeze='before_layer').",
-                stacklevel=5,
+                stacklevel=7,  # the user call: model(...) -> _call_impl -> forward -> _forward -> penalty
             )
 
     def remove(self) -> None:
