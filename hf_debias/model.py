@@ -17,6 +17,7 @@ from transformers.utils import ModelOutput
 
 from ._validation import check_label_tensor
 from .config import DebiasConfig
+from .distributed import check_same_on_every_process
 from .methods.base import method_class_for
 
 
@@ -63,6 +64,7 @@ class DebiasModel(nn.Module):
         self.model = model
         self.debias_config = config
         self.method = method_class_for(config)(model, config)
+        check_same_on_every_process("debias configuration", self.method.fingerprint())
 
     def forward(self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None,
                 bias_labels: torch.Tensor | None = None) -> DebiasOutput:

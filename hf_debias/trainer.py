@@ -49,6 +49,9 @@ class DebiasTrainingArguments(TrainingArguments):
         "help": "EnD: 'all' pairs (the paper) or 'reference' (the official code's subset)", "choices": list(PAIRINGS)})
     end_normalize_forward: bool = field(default=True, metadata={
         "help": "EnD: L2-normalise the bottleneck in the forward pass (the paper's network)"})
+    end_global_batch: bool = field(default=True, metadata={
+        "help": "EnD: under multi-process training compute the penalty on the batch gathered from every process "
+                "(False: a per-process penalty)"})
     cav: str | None = field(default=None, metadata={
         "help": "rrclarc / pclarc / aclarc: the bias CAV, a folder or a Hub repo id (see `hf-debias cav`)"})
     allow_cav_mismatch: bool = field(default=False, metadata={

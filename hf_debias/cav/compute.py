@@ -15,14 +15,13 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .._validation import check_choice
+from ..distributed import all_reduce_sum, gather, is_distributed
 from ..hooks import LayerHook, StopForward
 from ..layers import resolve_layer
 from ..loading import model_identity
 from .cav import CAV
 from .fitting import CAV_METHODS, STREAMING_METHODS, ConceptStatistics, check_concept_labels
 from .pooling import POOLINGS, pool_activation
-
-Batch = tuple[torch.Tensor, torch.Tensor]
 
 
 @torch.no_grad()
@@ -45,6 +44,10 @@ def compute_cav(model: nn.Module, layer: str | None, data: Any, *, concept: str 
         validation_fraction: every k-th sample (k = 1 / fraction) is held out, up to ``max_validation_samples``,
             to measure the concept-detection AUC (``cav.quality["auc"]``); 0 uses every sample for the fit.
         device: where to run (default: where the model's parameters are).
+
+    Under ``torch.distributed`` (more than one process) a tensor pair or a ``datasets.Dataset`` is split over the
+    processes (a DataLoader should use a ``DistributedSampler``), the per-class sums are summed across them and
+    every process returns the same CAV as one process on all the data.
     """
     check_choice("method", method, CAV_METHODS)
     check_choice("pooling", pooling, POOLINGS)
@@ -59,13 +62,16 @@ def compute_cav(model: nn.Module, layer: str | None, data: Any, *, concept: str 
     stats: ConceptStatistics | None = None
     fit_rows: list[torch.Tensor] = []
     fit_labels: list[torch.Tensor] = []
+    fit_index: list[torch.Tensor] = []
     held_rows: list[torch.Tensor] = []
     held_labels: list[torch.Tensor] = []
     every = round(1 / validation_fraction) if validation_fraction > 0 else 0
     seen = held = 0
+    rank, world = (torch.distributed.get_rank(), torch.distributed.get_world_size()) if is_distributed() else (0, 1)
     try:
-        for pixel_values, labels in tqdm(_batches(data, model, concept_column, batch_size), desc="computing CAV",
-                                         disable=not progress, total=_num_batches(data, batch_size)):
+        for pixel_values, labels, index in tqdm(_batches(data, model, concept_column, batch_size, rank, world),
+                                                desc="computing CAV", disable=not progress or rank > 0,
+                                                total=_num_batches(data, batch_size, world)):
             labels = check_concept_labels(labels, pixel_values.shape[0], require_both=False)
             hook.reset()
             try:
@@ -75,7 +81,6 @@ def compute_cav(model: nn.Module, layer: str | None, data: Any, *, concept: str 
             if hook.activation is None:
                 raise RuntimeError(f"Layer {ref.spec!r} did not run during the forward pass.")
             pooled = pool_activation(hook.activation, pooling).float().cpu()
-            index = torch.arange(seen, seen + labels.numel())
             seen += labels.numel()
             take = (index % every == 0) if every else torch.zeros_like(index, dtype=torch.bool)
             if held + int(take.sum()) > max_validation_samples:
@@ -90,9 +95,25 @@ def compute_cav(model: nn.Module, layer: str | None, data: Any, *, concept: str 
             else:
                 fit_rows.append(pooled[~take])
                 fit_labels.append(labels[~take])
+                fit_index.append(index[~take])
     finally:
         hook.remove()
         model.train(was_training)
+    if world > 1:  # every process ends with the statistics (or rows) of all of them
+        seen = int(all_reduce_sum(torch.tensor([seen], dtype=torch.float64))[0])
+        if streaming:
+            channels = _num_channels_everywhere(stats.num_channels if stats is not None else 0)  # collective
+            stats = stats if stats is not None else ConceptStatistics(channels)
+            all_reduce_sum(stats.sums)
+            all_reduce_sum(stats.counts)
+        else:
+            order = gather(torch.cat(fit_index)).argsort()  # the sample order of one process: same folds, same fit
+            fit_rows = [gather(torch.cat(fit_rows))[order]]
+            fit_labels = [gather(torch.cat(fit_labels))[order]]
+        if every:
+            width = (stats.num_channels if streaming else fit_rows[0].shape[1])
+            held_rows = [gather(torch.cat(held_rows) if held_rows else torch.zeros(0, width))]
+            held_labels = [gather(torch.cat(held_labels) if held_labels else torch.zeros(0, dtype=torch.long))]
     if seen == 0:
         raise ValueError("data yielded no samples.")
     name, revision = model_identity(model)
@@ -115,29 +136,39 @@ def _model_device(model: nn.Module) -> torch.device:
     return parameter.device if parameter is not None else torch.device("cpu")
 
 
-def _num_batches(data: Any, batch_size: int) -> int | None:
+def _num_channels_everywhere(local: int) -> int:
+    """A process that saw no sample learns the channel count from the others."""
+    return int(all_reduce_sum(torch.tensor([local])).max())
+
+
+def _num_batches(data: Any, batch_size: int, world: int = 1) -> int | None:
     if isinstance(data, tuple) and len(data) == 2:
-        return -(-len(data[0]) // batch_size)
+        return -(-len(data[0]) // (batch_size * world))
     try:
         length = len(data)
     except TypeError:
         return None
-    return length if isinstance(data, torch.utils.data.DataLoader) else -(-length // batch_size)
+    return length if isinstance(data, torch.utils.data.DataLoader) else -(-length // (batch_size * world))
 
 
-def _batches(data: Any, model: nn.Module, concept_column: str, batch_size: int) -> Iterator[Batch]:
-    """Normalise every supported input to ``(pixel_values, concept_labels)`` batches."""
+def _batches(data: Any, model: nn.Module, concept_column: str, batch_size: int, rank: int = 0,
+             world: int = 1) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Normalise every supported input to ``(pixel_values, concept_labels, sample_indices)`` batches; tensor pairs
+    and datasets are split over ``world`` processes (this one takes every ``world``-th sample from ``rank``)."""
     if isinstance(data, tuple) and len(data) == 2 and isinstance(data[0], torch.Tensor):
         images, labels = data
         labels = torch.as_tensor(labels)
         if labels.shape[0] != images.shape[0]:
             raise ValueError(f"{images.shape[0]} images but {labels.shape[0]} concept labels.")
-        for start in range(0, images.shape[0], batch_size):
-            yield images[start:start + batch_size], labels[start:start + batch_size]
+        mine = torch.arange(rank, images.shape[0], world)
+        for start in range(0, mine.numel(), batch_size):
+            index = mine[start:start + batch_size]
+            yield images[index], labels[index], index
         return
     if _is_hf_dataset(data):
-        yield from _dataset_batches(data, model, concept_column, batch_size)
+        yield from _dataset_batches(data, model, concept_column, batch_size, rank, world)
         return
+    seen = 0
     if not isinstance(data, Iterable):
         raise ValueError(f"data must be a DataLoader, a (pixel_values, concept_labels) pair or a datasets.Dataset, "
                          f"got {type(data).__name__}.")
@@ -146,18 +177,21 @@ def _batches(data: Any, model: nn.Module, concept_column: str, batch_size: int) 
             if "pixel_values" not in batch or concept_column not in batch:
                 raise ValueError(f"Each batch needs 'pixel_values' and {concept_column!r}; got keys {sorted(batch)}. "
                                  "Pass concept_column=... to name the concept label column.")
-            yield batch["pixel_values"], torch.as_tensor(batch[concept_column])
+            pixels, labels = batch["pixel_values"], torch.as_tensor(batch[concept_column])
         elif isinstance(batch, (tuple, list)) and len(batch) >= 2:
-            yield batch[0], torch.as_tensor(batch[1])
+            pixels, labels = batch[0], torch.as_tensor(batch[1])
         else:
             raise ValueError(f"A batch must be (pixel_values, concept_labels) or a dict, got {type(batch).__name__}.")
+        yield pixels, labels, torch.arange(seen, seen + labels.numel()) * world + rank
+        seen += labels.numel()
 
 
 def _is_hf_dataset(data: Any) -> bool:
     return type(data).__module__.startswith("datasets") and hasattr(data, "column_names")
 
 
-def _dataset_batches(dataset, model: nn.Module, concept_column: str, batch_size: int) -> Iterator[Batch]:
+def _dataset_batches(dataset, model: nn.Module, concept_column: str, batch_size: int, rank: int,
+                     world: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     from ..loading import image_transform_for
 
     names = dataset.column_names
@@ -168,7 +202,9 @@ def _dataset_batches(dataset, model: nn.Module, concept_column: str, batch_size:
         if "image" not in names:
             raise ValueError(f"The dataset needs a 'pixel_values' or an 'image' column; it has {names}.")
         to_pixels = image_transform_for(model)
-    for start in range(0, len(dataset), batch_size):
-        rows = dataset[start:start + batch_size]
+    mine = list(range(rank, len(dataset), world))
+    for start in range(0, len(mine), batch_size):
+        index = mine[start:start + batch_size]
+        rows = dataset[index] if world > 1 else dataset[index[0]:index[-1] + 1]
         pixels = to_pixels(rows["image"]) if to_pixels else torch.as_tensor(rows["pixel_values"])
-        yield pixels, torch.as_tensor(rows[concept_column])
+        yield pixels, torch.as_tensor(rows[concept_column]), torch.as_tensor(index)

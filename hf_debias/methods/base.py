@@ -65,6 +65,10 @@ class DebiasMethod:
                 bias_labels: torch.Tensor | None) -> Penalty:
         raise NotImplementedError
 
+    def fingerprint(self) -> bytes:
+        """What every process must agree on under distributed training (the config, without local paths)."""
+        return self.config.to_json_string().encode()
+
     def remove(self) -> None:
         """Take every hook off the model."""
 

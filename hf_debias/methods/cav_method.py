@@ -122,6 +122,11 @@ class CAVMethod(DebiasMethod):
                                        "(--allow_cav_mismatch) if you know the directions correspond.")
         warnings.warn(message + " Using it anyway (allow_cav_mismatch=True).", stacklevel=4)
 
+    def fingerprint(self) -> bytes:
+        data = self.config.to_dict()
+        data.pop("cav", None)  # where each process loaded it from may differ; the vector may not
+        return repr(sorted(data.items())).encode() + self.cav.vector.numpy().tobytes()
+
     def check_channels(self, activation: torch.Tensor) -> None:
         """On the first forward: the layer's channel count must be the CAV's (the error names both)."""
         if not self._channels_checked:

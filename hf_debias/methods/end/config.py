@@ -23,6 +23,9 @@ class EnDConfig(DebiasConfig):
             network does (the classifier then sees unit-norm features). ``False`` leaves the architecture
             untouched and normalises only inside the penalty. Default ``True``: on Colour-Digits it gained
             15-31 points over vanilla, ``False`` at most 4 (BENCHMARKS.md).
+        global_batch: under distributed training (more than one process), compute the penalty on the batch
+            gathered from every process, with gradients, so it equals the single-process penalty on the whole
+            batch (default). ``False`` keeps a per-process penalty on each process's own micro-batch.
     """
 
     debias_method: ClassVar[str] = "end"
@@ -31,11 +34,13 @@ class EnDConfig(DebiasConfig):
     beta: float = 1.0
     pairing: str = "all"
     normalize_forward: bool = True
+    global_batch: bool = True
 
     def __post_init__(self) -> None:
         super().__post_init__()
         self.alpha = check_non_negative("alpha", self.alpha)
         self.beta = check_non_negative("beta", self.beta)
         check_choice("pairing", self.pairing, PAIRINGS)
-        if not isinstance(self.normalize_forward, bool):
-            raise ValueError(f"normalize_forward must be True or False, got {self.normalize_forward!r}.")
+        for name in ("normalize_forward", "global_batch"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}.")

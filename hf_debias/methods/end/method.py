@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ...distributed import gather, gather_with_grad, is_distributed
 from ...functional.end import end_terms
 from ...hooks import LayerHook
 from ...layers import resolve_layer
@@ -47,6 +48,9 @@ class EnD(DebiasMethod):
         if features is None:
             raise RuntimeError(f"The bottleneck {self.layer.spec!r} did not run during the forward pass; "
                                "choose a layer that the model's forward uses.")
+        if self.config.global_batch and is_distributed():  # a collective: every process calls it on every step
+            features = gather_with_grad(features.reshape(features.shape[0], -1))
+            labels, bias_labels = gather(labels), gather(bias_labels)
         r_ortho, r_par = end_terms(features, labels, bias_labels, pairing=self.config.pairing)
         total = self.config.alpha * r_ortho + self.config.beta * r_par
         return Penalty(total=total, terms={"end_r_ortho": r_ortho.detach(), "end_r_par": r_par.detach()})

@@ -1,0 +1,191 @@
+"""Two CPU processes (gloo on the loopback interface): EnD on the global batch equals one process on the whole batch,
+RR-ClArC trains under DDP, the distributed CAV equals the single-process one, and processes that disagree on
+the configuration fail at start-up instead of hanging.
+
+All scenarios run in one ``torch.multiprocessing.spawn`` of two workers (starting processes is the slow part);
+each writes its results to JSON / safetensors files that the tests below read.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+
+from hf_debias import EnDConfig, RRClArCConfig, compute_cav, get_debias_model
+
+WORLD = 2
+BATCH = 16
+
+
+def batch():
+    generator = torch.Generator().manual_seed(1)
+    x = torch.randn(BATCH, 3, 16, 16, generator=generator)
+    y = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1, 2, 0, 1, 2, 0, 1, 2, 0])
+    b = torch.tensor([0, 1, 0, 1, 1, 0, 0, 1, 0, 0, 1, 1, 0, 1, 1, 0])
+    return x, y, b
+
+
+def fresh_model():
+    torch.manual_seed(0)
+    return timm.create_model("simple_convnet", num_classes=3)
+
+
+def norm_free_model():
+    """For exact comparisons: BatchNorm in training mode normalises with each process's own batch statistics
+    (SyncBatchNorm needs CUDA), which would change the features themselves, not the penalty."""
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, stride=2), torch.nn.ReLU(), torch.nn.Conv2d(8, 16, 3),
+                               torch.nn.Tanh(), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+                               torch.nn.Linear(16, 3))
+
+
+def end_gradients(model, x, y, b, config):
+    wrapped = get_debias_model(model, config).train()
+    out = wrapped(x, labels=y, bias_labels=b)
+    out.loss.backward()
+    grads = {name: p.grad.detach().clone() for name, p in model.named_parameters() if p.grad is not None}
+    return out, grads
+
+
+def worker(rank: int, port: int, folder: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=WORLD)
+    out_dir = Path(folder)
+    x, y, b = batch()
+    local = slice(rank * BATCH // WORLD, (rank + 1) * BATCH // WORLD)
+    results = {}
+
+    # 1. EnD on the global batch, under DDP: the penalty and the gradients of one process on the whole batch.
+    model = norm_free_model()
+    wrapped = get_debias_model(model, EnDConfig(alpha=1.0, beta=1.0))
+    ddp = torch.nn.parallel.DistributedDataParallel(wrapped.train())
+    out = ddp(x[local], labels=y[local], bias_labels=b[local])
+    out.loss.backward()
+    results["end_penalty"] = out.penalty.item()
+    if rank == 0:
+        save_file({name: p.grad.contiguous() for name, p in model.named_parameters()}, str(out_dir / "grads.st"))
+
+    # 2. A step where this process's own half has no same-bias pair (global and per-process penalty) completes.
+    for global_batch in (True, False):
+        no_pairs = slice(0, 2) if rank == 1 else local  # rank 1: two samples, different labels and bias
+        model = fresh_model()
+        ddp = torch.nn.parallel.DistributedDataParallel(
+            get_debias_model(model, EnDConfig(global_batch=global_batch)).train())
+        x2, y2, b2 = (x[no_pairs], torch.tensor([0, 1]), torch.tensor([0, 1])) if rank == 1 else (
+            x[local], y[local], b[local])
+        out = ddp(x2, labels=y2, bias_labels=b2)
+        out.loss.backward()
+        results[f"no_pair_step_{global_batch}"] = out.loss.item()
+
+    # 3. RR-ClArC (double backward) under DDP: two optimiser steps, the replicas stay identical.
+    model = fresh_model()
+    cav = compute_cav(fresh_model(), "stages.2", (x, (y == 0).long()), validation_fraction=0, progress=False)
+    ddp = torch.nn.parallel.DistributedDataParallel(
+        get_debias_model(model, RRClArCConfig(cav=cav, lamb=10.0, freeze="none")).train())
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    for _ in range(2):
+        out = ddp(x[local], labels=y[local])
+        optimizer.zero_grad()
+        out.loss.backward()
+        optimizer.step()
+    results["rrclarc_penalty"] = out.penalty_terms["rrclarc_penalty"].item()
+    save_file({"fc": model.fc.weight.detach().contiguous()}, str(out_dir / f"rrclarc_fc_{rank}.st"))
+
+    # 4. The distributed CAV: data split over the processes, sums reduced, the same CAV everywhere.
+    for method in ("signal", "svm"):
+        cav = compute_cav(fresh_model(), "stages.2", (x, (b == 1).long()), method=method, validation_fraction=0,
+                          progress=False)
+        save_file({"cav": cav.vector}, str(out_dir / f"cav_{method}_{rank}.st"))
+        results[f"cav_{method}_samples"] = cav.num_samples
+
+    # 5. Processes that disagree on the configuration fail at start-up, on every process, with a clear message.
+    try:
+        get_debias_model(fresh_model(), EnDConfig(alpha=1.0 + rank))
+        results["mismatch"] = None
+    except ValueError as error:
+        results["mismatch"] = str(error)
+
+    (out_dir / f"results_{rank}.json").write_text(json.dumps(results))
+    torch.distributed.destroy_process_group()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("distributed")
+    tests_dir = str(Path(__file__).parent)
+    old = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = tests_dir + (os.pathsep + old if old else "")  # spawned workers import this file
+    try:
+        torch.multiprocessing.spawn(sys.modules[__name__].worker, args=(free_port(), str(folder)), nprocs=WORLD,
+                                    join=True)
+    finally:
+        if old is None:
+            del os.environ["PYTHONPATH"]
+        else:
+            os.environ["PYTHONPATH"] = old
+    return folder, [json.loads((folder / f"results_{rank}.json").read_text()) for rank in range(WORLD)]
+
+
+def test_end_on_two_processes_equals_one_process_on_the_whole_batch(runs):
+    folder, results = runs
+    x, y, b = batch()
+    out, expected = end_gradients(norm_free_model(), x, y, b, EnDConfig(alpha=1.0, beta=1.0))
+    assert results[0]["end_penalty"] == pytest.approx(out.penalty.item(), abs=1e-5)
+    assert results[1]["end_penalty"] == pytest.approx(out.penalty.item(), abs=1e-5)
+    grads = load_file(str(folder / "grads.st"))
+    for name, grad in expected.items():
+        assert torch.allclose(grads[name], grad, atol=1e-5), name
+    # ...and differs from the per-process penalty, which is what a naive port would compute.
+    half = EnDConfig(alpha=1.0, beta=1.0)
+    local = get_debias_model(norm_free_model(), half).train()(x[:8], labels=y[:8], bias_labels=b[:8])
+    assert abs(local.penalty.item() - out.penalty.item()) > 1e-3
+
+
+def test_a_process_without_same_bias_pairs_completes_the_step(runs):
+    _, results = runs
+    for rank_results in results:
+        for global_batch in (True, False):
+            assert torch.isfinite(torch.tensor(rank_results[f"no_pair_step_{global_batch}"]))
+
+
+def test_rrclarc_trains_under_ddp_and_the_replicas_stay_identical(runs):
+    folder, results = runs
+    assert all(r["rrclarc_penalty"] > 0 for r in results)
+    fc = [load_file(str(folder / f"rrclarc_fc_{rank}.st"))["fc"] for rank in range(WORLD)]
+    assert torch.equal(fc[0], fc[1])
+    assert not torch.equal(fc[0], fresh_model().fc.weight)  # it trained
+
+
+@pytest.mark.parametrize("method", ["signal", "svm"])
+def test_distributed_cav_equals_the_single_process_cav(runs, method):
+    folder, results = runs
+    x, _, b = batch()
+    single = compute_cav(fresh_model(), "stages.2", (x, (b == 1).long()), method=method, validation_fraction=0,
+                         progress=False)
+    for rank in range(WORLD):
+        vector = load_file(str(folder / f"cav_{method}_{rank}.st"))["cav"]
+        assert torch.allclose(vector, single.vector, atol=1e-6)
+        assert results[rank][f"cav_{method}_samples"] == BATCH
+
+
+def test_processes_that_disagree_fail_at_start_up_with_a_clear_message(runs):
+    _, results = runs
+    for rank_results in results:
+        assert "processes disagree on the debias configuration" in rank_results["mismatch"]
+        assert "[[0], [1]]" in rank_results["mismatch"]
