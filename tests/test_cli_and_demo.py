@@ -72,6 +72,7 @@ def test_console_script_help_runs():
 def load_benchmark(name):
     spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # so that spawned workers can pickle the module's functions by name
     spec.loader.exec_module(module)
     return module
 
@@ -203,3 +204,11 @@ def test_cli_train_rrclarc_on_the_controlled_artifact_benchmark(tmp_path):
     assert {"eval_test_clean_accuracy", "eval_test_attacked_accuracy"} <= set(metrics)
     saved = json.loads((tmp_path / "run" / "debias_config.json").read_text())
     assert saved["debias_method"] == "rrclarc" and saved["layer"] == "stages.2" and saved["cav"] == "cav"
+
+
+def test_distributed_benchmark_quick_mode(tmp_path, monkeypatch):
+    old = __import__("os").environ.get("PYTHONPATH", "")
+    monkeypatch.setenv("PYTHONPATH", str(ROOT / "benchmarks") + (":" + old if old else ""))  # spawned workers
+    results = load_benchmark("end_distributed").main(["--quick", "--output", str(tmp_path / "d.json")])
+    assert results["step_time"]["gathered_ms"] > 0 and results["step_time"]["per_process_ms"] > 0
+    assert json.loads((tmp_path / "d.json").read_text())["step_time"]["ratio"] == results["step_time"]["ratio"]

@@ -189,3 +189,45 @@ def test_processes_that_disagree_fail_at_start_up_with_a_clear_message(runs):
     for rank_results in results:
         assert "processes disagree on the debias configuration" in rank_results["mismatch"]
         assert "[[0], [1]]" in rank_results["mismatch"]
+
+
+def trainer_worker(rank: int, port: int, folder: str) -> None:
+    """DebiasTrainer as torchrun starts it: the environment names the process; Accelerate sets up gloo."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
+                      WORLD_SIZE=str(WORLD), LOCAL_WORLD_SIZE=str(WORLD))
+    torch.set_num_threads(1)
+    import datasets
+
+    from hf_debias.trainer import DebiasTrainer, DebiasTrainingArguments
+
+    x, y, b = batch()
+    data = datasets.Dataset.from_dict({"pixel_values": x.numpy(), "labels": y.numpy(),
+                                       "bias_labels": b.numpy()}).with_format("torch")
+    args = DebiasTrainingArguments(output_dir=str(Path(folder) / "run"), per_device_train_batch_size=4, max_steps=2,
+                                   logging_steps=1, save_strategy="no", report_to=[], use_cpu=True, seed=0,
+                                   debias="end", disable_tqdm=True, ddp_backend="gloo")
+    trainer = DebiasTrainer(model=norm_free_model(), args=args, train_dataset=data)
+    trainer.train()
+    logged = [entry for entry in trainer.state.log_history if "loss" in entry]
+    (Path(folder) / f"trainer_{rank}.json").write_text(json.dumps({
+        "world_size": args.world_size, "logged": logged,
+        "fc": trainer.model.model[-1].weight.detach().flatten().tolist()}))
+
+
+def test_debias_trainer_runs_on_two_processes(tmp_path):
+    tests_dir = str(Path(__file__).parent)
+    old = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = tests_dir + (os.pathsep + old if old else "")
+    try:
+        torch.multiprocessing.spawn(sys.modules[__name__].trainer_worker, args=(free_port(), str(tmp_path)),
+                                    nprocs=WORLD, join=True)
+    finally:
+        if old is None:
+            del os.environ["PYTHONPATH"]
+        else:
+            os.environ["PYTHONPATH"] = old
+    results = [json.loads((tmp_path / f"trainer_{rank}.json").read_text()) for rank in range(WORLD)]
+    assert all(result["world_size"] == WORLD for result in results)
+    assert results[0]["fc"] == results[1]["fc"]  # replicas in sync
+    first = results[0]["logged"][0]
+    assert {"ce_loss", "end_r_ortho", "end_r_par"} <= set(first) and first["end_r_ortho"] > 0
