@@ -209,12 +209,25 @@ def trainer_worker(rank: int, port: int, folder: str) -> None:
     trainer = DebiasTrainer(model=norm_free_model(), args=args, train_dataset=data)
     trainer.train()
     logged = [entry for entry in trainer.state.log_history if "loss" in entry]
+    # RR-ClArC through the Trainer: the CAV is computed with the data split over both processes.
+    cav = compute_cav(norm_free_model(), "3", (x, (b == 1).long()), validation_fraction=0, progress=False)
+    if rank == 0:
+        cav.save_pretrained(Path(folder) / "cav")
+    torch.distributed.barrier()
+    rr_args = DebiasTrainingArguments(output_dir=str(Path(folder) / "rr"), per_device_train_batch_size=4,
+                                      max_steps=2, logging_steps=1, save_strategy="no", report_to=[], use_cpu=True,
+                                      seed=0, debias="rrclarc", cav=str(Path(folder) / "cav"), freeze="none",
+                                      rrclarc_lamb=10.0, disable_tqdm=True, ddp_backend="gloo")
+    rr_trainer = DebiasTrainer(model=norm_free_model(), args=rr_args, train_dataset=data)
+    rr_trainer.train()
+    rr_logged = [entry for entry in rr_trainer.state.log_history if "loss" in entry]
     (Path(folder) / f"trainer_{rank}.json").write_text(json.dumps({
-        "world_size": args.world_size, "logged": logged,
-        "fc": trainer.model.model[-1].weight.detach().flatten().tolist()}))
+        "world_size": args.world_size, "logged": logged, "rr_logged": rr_logged,
+        "fc": trainer.model.model[-1].weight.detach().flatten().tolist(),
+        "rr_fc": rr_trainer.model.model[-1].weight.detach().flatten().tolist()}))
 
 
-def test_debias_trainer_runs_on_two_processes(tmp_path):
+def test_debias_trainer_runs_end_and_rrclarc_on_two_processes(tmp_path):
     tests_dir = str(Path(__file__).parent)
     old = os.environ.get("PYTHONPATH")
     os.environ["PYTHONPATH"] = tests_dir + (os.pathsep + old if old else "")
@@ -231,3 +244,5 @@ def test_debias_trainer_runs_on_two_processes(tmp_path):
     assert results[0]["fc"] == results[1]["fc"]  # replicas in sync
     first = results[0]["logged"][0]
     assert {"ce_loss", "end_r_ortho", "end_r_par"} <= set(first) and first["end_r_ortho"] > 0
+    assert results[0]["rr_fc"] == results[1]["rr_fc"]
+    assert results[0]["rr_logged"][0]["rrclarc_penalty"] > 0
