@@ -76,6 +76,13 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
+def all_reduce_max(tensor: torch.Tensor) -> torch.Tensor:
+    """Element-wise maximum of ``tensor`` over processes, in place (no-op without distributed training)."""
+    if is_distributed():
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return tensor
+
+
 def check_same_on_every_process(what: str, payload: bytes) -> None:
     """Raise ``ValueError`` on every process unless ``payload`` (e.g. a config's JSON) is identical everywhere,
     so that processes that disagree fail at start-up instead of hanging in a collective later."""

@@ -15,7 +15,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .._validation import check_choice
-from ..distributed import all_reduce_sum, gather, is_distributed
+from ..distributed import all_reduce_max, all_reduce_sum, gather, is_distributed
 from ..hooks import LayerHook, StopForward
 from ..layers import resolve_layer
 from ..loading import model_identity
@@ -138,7 +138,7 @@ def _model_device(model: nn.Module) -> torch.device:
 
 def _num_channels_everywhere(local: int) -> int:
     """A process that saw no sample learns the channel count from the others."""
-    return int(all_reduce_sum(torch.tensor([local])).max())
+    return int(all_reduce_max(torch.tensor([local]))[0])
 
 
 def _num_batches(data: Any, batch_size: int, world: int = 1) -> int | None:
