@@ -17,7 +17,6 @@ from pathlib import Path
 import pytest
 import timm
 import torch
-import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from hf_debias import EnDConfig, RRClArCConfig, compute_cav, get_debias_model
@@ -125,20 +124,24 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("distributed")
-    tests_dir = str(Path(__file__).parent)
+def spawn(function, folder: Path) -> None:
+    """Run ``function(rank, port, folder)`` in WORLD fresh processes, which import this file by name."""
     old = os.environ.get("PYTHONPATH")
-    os.environ["PYTHONPATH"] = tests_dir + (os.pathsep + old if old else "")  # spawned workers import this file
+    os.environ["PYTHONPATH"] = str(Path(__file__).parent) + (os.pathsep + old if old else "")
     try:
-        torch.multiprocessing.spawn(sys.modules[__name__].worker, args=(free_port(), str(folder)), nprocs=WORLD,
-                                    join=True)
+        torch.multiprocessing.spawn(getattr(sys.modules[__name__], function.__name__),
+                                    args=(free_port(), str(folder)), nprocs=WORLD, join=True)
     finally:
         if old is None:
             del os.environ["PYTHONPATH"]
         else:
             os.environ["PYTHONPATH"] = old
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("distributed")
+    spawn(worker, folder)
     return folder, [json.loads((folder / f"results_{rank}.json").read_text()) for rank in range(WORLD)]
 
 
@@ -228,17 +231,7 @@ def trainer_worker(rank: int, port: int, folder: str) -> None:
 
 
 def test_debias_trainer_runs_end_and_rrclarc_on_two_processes(tmp_path):
-    tests_dir = str(Path(__file__).parent)
-    old = os.environ.get("PYTHONPATH")
-    os.environ["PYTHONPATH"] = tests_dir + (os.pathsep + old if old else "")
-    try:
-        torch.multiprocessing.spawn(sys.modules[__name__].trainer_worker, args=(free_port(), str(tmp_path)),
-                                    nprocs=WORLD, join=True)
-    finally:
-        if old is None:
-            del os.environ["PYTHONPATH"]
-        else:
-            os.environ["PYTHONPATH"] = old
+    spawn(trainer_worker, tmp_path)
     results = [json.loads((tmp_path / f"trainer_{rank}.json").read_text()) for rank in range(WORLD)]
     assert all(result["world_size"] == WORLD for result in results)
     assert results[0]["fc"] == results[1]["fc"]  # replicas in sync
