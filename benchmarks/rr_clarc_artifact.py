@@ -1,7 +1,7 @@
 """RR-ClArC and the ClArC baselines on the controlled-artifact benchmark (RR-ClArC's protocol, methods.md §2).
 
 For every seed:
-1. data: the built-in noisy digits with a 6-pixel corner patch in 80 % of class 0's training images
+1. data: the built-in noisy digits with a 4-pixel corner patch in 80 % of class 0's training images
    (``hf_debias.data.build_controlled_artifact`` defaults); ``test_clean`` / ``test_attacked`` (patch everywhere).
 2. vanilla: ``simple_convnet`` trained with cross-entropy; it learns "patch => 0". A second model trained on the
    same digits without any artifact is the *no-shortcut reference*: what attacked accuracy the patch itself costs
@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _common import add_common_arguments, header, write_json  # noqa: E402
 from hf_debias import AClArCConfig, PClArCConfig, RRClArCConfig, compute_cav, get_debias_model
 from hf_debias.cav import pool_activation
-from hf_debias.data import controlled_artifact_arrays, digit_arrays
+from hf_debias.data import ArtifactSpec, controlled_artifact_arrays, digit_arrays
 from hf_debias.data.artifacts import BUILTIN_DIGITS
 from hf_debias.hooks import LayerHook
 from hf_debias.layers import resolve_layer
@@ -54,6 +54,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--n-train", type=int, default=20_000, help="training images")
     parser.add_argument("--n-test", type=int, default=5_000, help="images in each test split")
     parser.add_argument("--epochs", type=float, default=3.0, help="vanilla training epochs (lr 1e-3)")
+    parser.add_argument("--patch-size", type=int, default=None,
+                        help="side of the corner patch in pixels (default: the data's own, 20 %% of the side = 4)")
     parser.add_argument("--layer", default="stages.3", help="where the CAV lives and the correction acts")
     parser.add_argument("--freeze", default="conv_norm", help="freeze policy of every fine-tuned correction")
     parser.add_argument("--lamb", type=float, default=1000.0, help="RR-ClArC penalty weight")
@@ -99,7 +101,8 @@ def evaluate(model, splits, layer: str, cav) -> dict[str, float]:
 
 
 def run_seed(seed: int, args) -> dict:
-    arrays = controlled_artifact_arrays(seed=seed, n_train=args.n_train, n_validation=10, n_test=args.n_test)
+    arrays = controlled_artifact_arrays(seed=seed, n_train=args.n_train, n_validation=10, n_test=args.n_test,
+                                        artifact=ArtifactSpec("patch", size=args.patch_size))
     splits = {name: tensors(split) for name, split in arrays.items()}
     x, y, artifact = splits["train"]
     vanilla_fit = FitConfig(epochs=args.epochs, seed=seed)

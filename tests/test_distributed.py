@@ -129,8 +129,16 @@ def spawn(function, folder: Path) -> None:
     old = os.environ.get("PYTHONPATH")
     os.environ["PYTHONPATH"] = str(Path(__file__).parent) + (os.pathsep + old if old else "")
     try:
-        torch.multiprocessing.spawn(getattr(sys.modules[__name__], function.__name__),
-                                    args=(free_port(), str(folder)), nprocs=WORLD, join=True)
+        try:
+            torch.multiprocessing.spawn(getattr(sys.modules[__name__], function.__name__),
+                                        args=(free_port(), str(folder)), nprocs=WORLD, join=True)
+        except torch.multiprocessing.ProcessRaisedException as error:
+            # The rendezvous port is picked free but released before the workers bind it; on a busy machine
+            # another socket can take it in between. One retry on a fresh port; a real failure fails twice.
+            if "Address already in use" not in str(error) and "Connection" not in str(error):
+                raise
+            torch.multiprocessing.spawn(getattr(sys.modules[__name__], function.__name__),
+                                        args=(free_port(), str(folder)), nprocs=WORLD, join=True)
     finally:
         if old is None:
             del os.environ["PYTHONPATH"]

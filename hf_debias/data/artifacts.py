@@ -44,7 +44,7 @@ class ArtifactSpec:
 
     Args:
         kind: one of ``ARTIFACTS``.
-        size: patch side in pixels (default: 30 % of the image side, at least 3); text scale for timestamp.
+        size: patch side in pixels (default: 20 % of the image side, at least 3); text scale for timestamp.
         corner: where patch and timestamp go (``CORNERS``).
         colour: RGB of patch and timestamp ink.
         strength: brightness blend weight towards white (default 0.35).
@@ -85,7 +85,7 @@ def insert_artifact(images: np.ndarray, spec: ArtifactSpec | str = "patch") -> t
     height, width = images.shape[1:3]
     mask = np.zeros((height, width), dtype=bool)
     if spec.kind == "patch":
-        side = spec.size or max(3, round(0.3 * min(height, width)))
+        side = spec.size or max(3, round(0.2 * min(height, width)))
         rows, cols = _corner_slices(spec.corner, height, width, side, side, margin=1)
         mask[rows, cols] = True
         out[:, mask] = spec.colour
@@ -196,7 +196,7 @@ def build_controlled_artifact(source=None, *, artifact: ArtifactSpec | str = "pa
         **digit_kwargs: for the built-in digits: ``n_train``, ``n_validation``, ``n_test``, ``image_size``,
             ``noise``, ``digit_fraction`` (see ``hf_debias.data.digit_arrays``; defaults ``BUILTIN_DIGITS``).
 
-    The defaults (a 6-pixel white corner patch in 80 % of class 0, noisy digits) make a vanilla CNN learn the
+    The defaults (a 4-pixel white corner patch in 80 % of class 0, noisy digits) make a vanilla CNN learn the
     shortcut: BENCHMARKS.md has the measured clean vs attacked accuracy.
     """
     import datasets
