@@ -41,7 +41,7 @@ from hf_debias.data import ArtifactSpec, controlled_artifact_arrays, digit_array
 from hf_debias.data.artifacts import BUILTIN_DIGITS
 from hf_debias.hooks import LayerHook
 from hf_debias.layers import resolve_layer
-from hf_debias.metrics.artifact import artifact_accuracy, cav_alignment, directional_derivatives, tcav
+from hf_debias.metrics.artifact import cav_alignment, directional_derivatives, model_artifact_accuracy, tcav
 from hf_debias.training import FitConfig, fit, images_to_tensor, predict
 
 FILTER_METHODS = ("svm", "ridge", "lasso", "logistic")
@@ -91,11 +91,8 @@ def pooled(model, layer: str, images: torch.Tensor, pooling: str = "max") -> tor
 
 def evaluate(model, splits, layer: str, cav) -> dict[str, float]:
     x_clean, y_clean, _ = splits["test_clean"]
-    x_attacked, y_attacked, _ = splits["test_attacked"]
-    predictions = np.concatenate([predict(model, x_clean), predict(model, x_attacked)])
-    references = np.concatenate([y_clean.numpy(), y_attacked.numpy()])
-    flags = np.concatenate([np.zeros(len(y_clean)), np.ones(len(y_attacked))])
-    result = artifact_accuracy(predictions, references, flags)
+    x_attacked = splits["test_attacked"][0]
+    result = model_artifact_accuracy(model, x_clean, x_attacked, y_clean)
     result.update(tcav(directional_derivatives(model, layer, cav, x_attacked[:1000], target_class=0)))
     return result
 

@@ -17,8 +17,8 @@ import torch
 
 from hf_debias import RRClArCConfig, compute_cav, get_debias_model
 from hf_debias.data import controlled_artifact_arrays
-from hf_debias.metrics import artifact_accuracy
-from hf_debias.training import FitConfig, fit, images_to_tensor, predict
+from hf_debias.metrics import model_artifact_accuracy
+from hf_debias.training import FitConfig, fit, images_to_tensor
 
 
 def main(argv=None) -> dict[str, dict[str, float]]:
@@ -36,12 +36,11 @@ def main(argv=None) -> dict[str, dict[str, float]]:
     model = timm.create_model("simple_convnet", pretrained=False, num_classes=10)
     fit(model, x, y, y, FitConfig(epochs=args.epochs))
 
+    clean_images = images_to_tensor(splits["test_clean"].images)
+    attacked_images = images_to_tensor(splits["test_attacked"].images)  # the same images with the patch
+
     def accuracy(current) -> dict[str, float]:
-        clean, attacked = splits["test_clean"], splits["test_attacked"]
-        predictions = [*predict(current, images_to_tensor(clean.images)),
-                       *predict(current, images_to_tensor(attacked.images))]
-        return artifact_accuracy(predictions, [*clean.labels, *attacked.labels],
-                                 [0] * len(clean.labels) + [1] * len(attacked.labels))
+        return model_artifact_accuracy(current, clean_images, attacked_images, splits["test_clean"].labels)
 
     before = accuracy(model)
     in_class = y == 0

@@ -25,7 +25,7 @@ import torch
 from .cav import compute_cav
 from .data import colour_digits_arrays, controlled_artifact_arrays
 from .methods import EnDConfig, RRClArCConfig
-from .metrics import artifact_accuracy, group_accuracy
+from .metrics import group_accuracy, model_artifact_accuracy
 from .model import get_debias_model
 from .report import format_table, write_report
 from .training import FitConfig, fit, images_to_tensor, predict
@@ -149,10 +149,8 @@ def run_rrclarc_demo(settings: DemoSettings, log=print) -> dict[str, dict[str, f
         models[name] = model
     rows = {}
     for name, model in models.items():
-        predictions = [predict(model, splits[split][0]) for split in ("test_clean", "test_attacked")]
-        rows[name] = artifact_accuracy([*predictions[0], *predictions[1]],
-                                       [*splits["test_clean"][1].tolist(), *splits["test_attacked"][1].tolist()],
-                                       [0] * len(predictions[0]) + [1] * len(predictions[1]))
+        rows[name] = model_artifact_accuracy(model, splits["test_clean"][0], splits["test_attacked"][0],
+                                             splits["test_clean"][1])
         log(f"  {name}: clean {100 * rows[name]['clean_accuracy']:.1f}%, attacked "
             f"{100 * rows[name]['attacked_accuracy']:.1f}%")
     log("\n" + format_table(rows, ARTIFACT_METRICS))

@@ -68,6 +68,14 @@ def unwrap_model(model: nn.Module, *, through_debias: bool = True) -> nn.Module:
             return model
 
 
+def model_device(model: nn.Module):
+    """Where the model's parameters live (CPU for a model without parameters)."""
+    import torch
+
+    parameter = next(model.parameters(), None)
+    return parameter.device if parameter is not None else torch.device("cpu")
+
+
 def model_identity(model: nn.Module) -> tuple[str | None, str | None]:
     """Where a model came from, for the record: ``(name_or_path, revision)``.
 

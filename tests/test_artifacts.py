@@ -82,3 +82,18 @@ def test_artifact_accuracy_tcav_and_alignment_values_and_modules():
     computed = evaluate.load(CAV_ALIGNMENT_MODULE).compute(predictions=moved.tolist(), references=clean.tolist(),
                                                            cav=[1.0, 0.0])
     assert computed["alignment"] == pytest.approx(values["alignment"])
+
+
+def test_model_artifact_accuracy_predicts_both_copies():
+    class FirstPixel(torch.nn.Module):  # predicts class 1 where the top-left pixel is bright
+        def forward(self, x):
+            bright = (x[:, 0, 0, 0] > 0).float()
+            return torch.stack([1 - bright, bright], dim=1)
+
+    from hf_debias.metrics import model_artifact_accuracy
+
+    clean = -torch.ones(4, 3, 2, 2)
+    attacked = clean.clone()
+    attacked[:2, :, 0, 0] = 1.0  # the artifact flips the first two predictions to class 1
+    result = model_artifact_accuracy(FirstPixel(), clean, attacked, [0, 0, 0, 0])
+    assert result == {"clean_accuracy": 1.0, "attacked_accuracy": 0.5, "attack_drop": 0.5}

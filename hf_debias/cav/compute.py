@@ -18,7 +18,7 @@ from .._validation import check_choice
 from ..distributed import all_reduce_max, all_reduce_sum, gather, is_distributed
 from ..hooks import LayerHook, StopForward
 from ..layers import resolve_layer
-from ..loading import model_identity
+from ..loading import model_device, model_identity
 from .cav import CAV
 from .fitting import CAV_METHODS, STREAMING_METHODS, ConceptStatistics, check_concept_labels
 from .pooling import POOLINGS, pool_activation
@@ -54,7 +54,7 @@ def compute_cav(model: nn.Module, layer: str | None, data: Any, *, concept: str 
     if not 0.0 <= validation_fraction < 1.0:
         raise ValueError(f"validation_fraction must be in [0, 1), got {validation_fraction!r}.")
     ref = resolve_layer(model, layer)
-    device = torch.device(device) if device is not None else _model_device(model)
+    device = torch.device(device) if device is not None else model_device(model)
     was_training = model.training
     model.eval()
     hook = LayerHook(ref, stop_forward=True)
@@ -129,11 +129,6 @@ def compute_cav(model: nn.Module, layer: str | None, data: Any, *, concept: str 
         if held_labels_all.unique().numel() == 2:
             cav.evaluate(torch.cat(held_rows), held_labels_all)
     return cav
-
-
-def _model_device(model: nn.Module) -> torch.device:
-    parameter = next(model.parameters(), None)
-    return parameter.device if parameter is not None else torch.device("cpu")
 
 
 def _num_channels_everywhere(local: int) -> int:

@@ -3,7 +3,7 @@
 
 from pathlib import Path
 
-from .artifact import artifact_accuracy, cav_alignment, directional_derivatives, tcav
+from .artifact import artifact_accuracy, cav_alignment, directional_derivatives, model_artifact_accuracy, tcav
 from .group import ALIGNED_IDENTITY, group_accuracy, infer_aligned_bias
 
 _HERE = Path(__file__).parent
@@ -24,6 +24,6 @@ def load_group_accuracy(**kwargs):
     return evaluate.load(GROUP_ACCURACY_MODULE, **kwargs)
 
 
-__all__ = ["ALIGNED_IDENTITY", "ARTIFACT_ACCURACY_MODULE", "CAV_ALIGNMENT_MODULE", "GROUP_ACCURACY_MODULE", "TCAV_MODULE", "artifact_accuracy",
-           "cav_alignment", "directional_derivatives", "group_accuracy", "infer_aligned_bias", "load_group_accuracy",
-           "tcav"]
+__all__ = ["ALIGNED_IDENTITY", "ARTIFACT_ACCURACY_MODULE", "CAV_ALIGNMENT_MODULE", "GROUP_ACCURACY_MODULE",
+           "TCAV_MODULE", "artifact_accuracy", "cav_alignment", "directional_derivatives", "group_accuracy",
+           "infer_aligned_bias", "load_group_accuracy", "model_artifact_accuracy", "tcav"]

@@ -11,6 +11,7 @@ from ..cav.cav import CAV
 from ..functional.rr_clarc import channels_last
 from ..hooks import LayerHook
 from ..layers import resolve_layer
+from ..loading import model_device
 from ..model import logits_of
 
 
@@ -28,6 +29,18 @@ def artifact_accuracy(predictions, references, attacked) -> dict[str, float]:
         result[name] = float(correct[selected].mean()) if selected.any() else float("nan")
     result["attack_drop"] = result["clean_accuracy"] - result["attacked_accuracy"]
     return result
+
+
+def model_artifact_accuracy(model: nn.Module, clean_images: torch.Tensor, attacked_images: torch.Tensor,
+                            labels, *, batch_size: int = 1024) -> dict[str, float]:
+    """``artifact_accuracy`` of ``model`` on paired clean / attacked images (the same images, same labels)."""
+    from ..training import predict
+
+    labels = np.asarray(labels).reshape(-1)
+    predictions = np.concatenate([predict(model, clean_images, batch_size), predict(model, attacked_images,
+                                                                                    batch_size)])
+    flags = np.repeat([0, 1], len(labels))
+    return artifact_accuracy(predictions, np.concatenate([labels, labels]), flags)
 
 
 def tcav(directional_derivatives) -> dict[str, float]:
@@ -60,7 +73,7 @@ def directional_derivatives(model: nn.Module, layer: str | None, cav: CAV, image
         for start in range(0, images.shape[0], batch_size):
             hook.reset()
             with torch.enable_grad():
-                logits = logits_of(model(images[start:start + batch_size].to(_device_of(model))))
+                logits = logits_of(model(images[start:start + batch_size].to(model_device(model))))
                 (grad,) = torch.autograd.grad(logits[:, target_class].sum(), captured["a"])
             mean_grad = channels_last(grad).mean(dim=1)
             cav.check_channels(mean_grad.shape[-1], ref.spec)
@@ -88,8 +101,3 @@ def cav_alignment(cav: CAV | torch.Tensor, clean_activations: torch.Tensor,
     mean_change = change.mean(dim=0)
     return {"alignment": float(per_sample.mean()) if moved.any() else float("nan"),
             "alignment_of_means": float(mean_change @ direction / mean_change.norm().clamp_min(1e-30))}
-
-
-def _device_of(model: nn.Module) -> torch.device:
-    parameter = next(model.parameters(), None)
-    return parameter.device if parameter is not None else torch.device("cpu")
