@@ -25,6 +25,7 @@ def header(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
     return {"command": " ".join(sys.argv), "hf_debias": hf_debias.__version__, "torch": torch.__version__,
             "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
+            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
             "settings": {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()}}
 
 

@@ -57,7 +57,8 @@ def train_and_score(data, seed: int, args, end: EnDConfig | None, splits: tuple[
     if end is not None:
         model = get_debias_model(model, end)
     images, labels, bias_labels = data["train"]
-    fit(model, images, labels, bias_labels, FitConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=seed), progress=args.progress,
+    fit_config = FitConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=seed, device=args.device)
+    fit(model, images, labels, bias_labels, fit_config, progress=args.progress,
         desc=f"{'EnD' if end else 'vanilla'} seed {seed}")
     scores = {}
     for split in splits:
@@ -151,6 +152,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--n-test", type=int, default=10_000, help="images in each test split")
     parser.add_argument("--image-size", type=int, default=16, help="image side in pixels")
     parser.add_argument("--progress", action="store_true", help="show a progress bar per run")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="where to train (default: cuda when available)")
     add_common_arguments(parser, "end_colour_digits")  # --quick: one rho, seed and grid point, 2,000 images
     args = parser.parse_args(argv)
     if args.quick:

@@ -62,7 +62,14 @@ def loop_over_classes_penalty(features, targets, bias_labels, alpha=1.0, beta=1.
     return alpha * ortho + beta * par
 
 
-def time_alternating(functions: dict, repeats: int, warmup: int = 3) -> dict[str, float]:
+def synchronize(device: torch.device) -> None:
+    """Wait for queued GPU work, so that a timing covers it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_alternating(functions: dict, repeats: int, warmup: int = 3,
+                     device: torch.device = torch.device("cpu")) -> dict[str, float]:
     """Median seconds per call of each function, calling them in turn ``repeats`` times."""
     for function in functions.values():
         for _ in range(warmup):
@@ -70,17 +77,19 @@ def time_alternating(functions: dict, repeats: int, warmup: int = 3) -> dict[str
     samples = {name: [] for name in functions}
     for _ in range(repeats):
         for name, function in functions.items():
+            synchronize(device)
             start = time.perf_counter()
             function()
+            synchronize(device)
             samples[name].append(time.perf_counter() - start)
     return {name: statistics.median(values) for name, values in samples.items()}
 
 
-def penalty_benchmark(batch: int, dim: int, repeats: int) -> dict:
+def penalty_benchmark(batch: int, dim: int, repeats: int, device: torch.device) -> dict:
     generator = torch.Generator().manual_seed(0)
-    features = torch.randn(batch, dim, generator=generator)
-    targets = torch.randint(0, 10, (batch,), generator=generator)
-    bias = torch.randint(0, 10, (batch,), generator=generator)
+    features = torch.randn(batch, dim, generator=generator).to(device)
+    targets = torch.randint(0, 10, (batch,), generator=generator).to(device)
+    bias = torch.randint(0, 10, (batch,), generator=generator).to(device)
 
     def run(function):
         def call():
@@ -97,19 +106,20 @@ def penalty_benchmark(batch: int, dim: int, repeats: int) -> dict:
         times = time_alternating({
             "vectorised": run(lambda x, y, b: end_penalty(x, y, b, pairing=pairing)),
             "loop_over_classes": run(lambda x, y, b: loop_over_classes_penalty(x, y, b, pairing=pairing)),
-        }, repeats)
+        }, repeats, device=device)
         results[pairing] = {"seconds": times, "speedup": times["loop_over_classes"] / times["vectorised"]}
     return results
 
 
-def training_step_benchmark(model_name: str, image_size: int, batch: int, repeats: int) -> dict:
+def training_step_benchmark(model_name: str, image_size: int, batch: int, repeats: int,
+                            device: torch.device) -> dict:
     torch.manual_seed(0)
     generator = torch.Generator().manual_seed(0)
-    x = torch.randn(batch, 3, image_size, image_size, generator=generator)
-    y = torch.randint(0, 10, (batch,), generator=generator)
-    b = torch.randint(0, 10, (batch,), generator=generator)
-    vanilla = timm.create_model(model_name, pretrained=False, num_classes=10)
-    debiased_base = timm.create_model(model_name, pretrained=False, num_classes=10)
+    x = torch.randn(batch, 3, image_size, image_size, generator=generator).to(device)
+    y = torch.randint(0, 10, (batch,), generator=generator).to(device)
+    b = torch.randint(0, 10, (batch,), generator=generator).to(device)
+    vanilla = timm.create_model(model_name, pretrained=False, num_classes=10).to(device)
+    debiased_base = timm.create_model(model_name, pretrained=False, num_classes=10).to(device)
     debiased_base.load_state_dict(vanilla.state_dict())
     debiased = get_debias_model(debiased_base, EnDConfig(alpha=1.0, beta=1.0))
     optimizers = {"vanilla": torch.optim.Adam(vanilla.parameters(), 1e-4),
@@ -127,7 +137,7 @@ def training_step_benchmark(model_name: str, image_size: int, batch: int, repeat
         loss.backward()
         optimizers["end"].step()
 
-    times = time_alternating({"vanilla": vanilla_step, "end": end_step}, repeats, warmup=2)
+    times = time_alternating({"vanilla": vanilla_step, "end": end_step}, repeats, warmup=2, device=device)
     return {"model": model_name, "image_size": image_size, "batch": batch, "seconds": times,
             "overhead_percent": 100 * (times["end"] / times["vanilla"] - 1)}
 
@@ -141,14 +151,17 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--image-size", type=int, default=64, help="training-step image side")
     parser.add_argument("--step-batch", type=int, default=64, help="training-step batch size")
     parser.add_argument("--step-repeats", type=int, default=30, help="timed steps per variant")
+    parser.add_argument("--device", default="cpu", help="where to time (cpu, cuda)")
     add_common_arguments(parser, "end_speed")
     args = parser.parse_args(argv)
+    device = torch.device(args.device)
     if args.quick:
         args.penalty_repeats, args.step_repeats, args.image_size, args.step_batch = 3, 3, 32, 16
     results = {
         **header(args),
-        "penalty": penalty_benchmark(args.batch, args.dim, args.penalty_repeats),
-        "training_step": training_step_benchmark(args.model, args.image_size, args.step_batch, args.step_repeats),
+        "penalty": penalty_benchmark(args.batch, args.dim, args.penalty_repeats, device),
+        "training_step": training_step_benchmark(args.model, args.image_size, args.step_batch, args.step_repeats,
+                                                 device),
     }
     penalty, step = results["penalty"], results["training_step"]
     for pairing in ("all", "reference"):

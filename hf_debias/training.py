@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from .loading import model_device
 from .model import DebiasModel, logits_of
 
 
@@ -33,6 +34,8 @@ class FitConfig:
     lr: float = 1e-3
     weight_decay: float = 1e-4
     seed: int = 0
+    device: str | None = None
+    """Where to train (``"cuda"``, ``"cpu"``); ``None`` keeps the model where it is. Batches are moved there."""
 
 
 @dataclass
@@ -73,6 +76,9 @@ def fit(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, bias_label
     steps_per_epoch = max(1, n // config.batch_size)
     total_steps = max(1, int(round(config.epochs * steps_per_epoch)))
     history = FitHistory()
+    if config.device is not None:
+        model.to(config.device)
+    device = model_device(model)
     model.train()
     order = torch.randperm(n, generator=generator)
     cursor = 0
@@ -82,7 +88,8 @@ def fit(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, bias_label
             order, cursor = torch.randperm(n, generator=generator), 0
         index = order[cursor:cursor + config.batch_size]
         cursor += config.batch_size
-        loss, parts = training_loss(model, images[index], labels[index], bias_labels[index])
+        loss, parts = training_loss(model, images[index].to(device), labels[index].to(device),
+                                    bias_labels[index].to(device))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -98,6 +105,7 @@ def fit(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, bias_label
 def predict(model: nn.Module, images: torch.Tensor, batch_size: int = 1024) -> np.ndarray:
     """Predicted class ids for ``images`` (eval mode, no gradients)."""
     model.eval()
-    outputs = [logits_of(model(images[start:start + batch_size])).argmax(dim=1)
+    device = model_device(model)
+    outputs = [logits_of(model(images[start:start + batch_size].to(device))).argmax(dim=1)
                for start in range(0, images.shape[0], batch_size)]
     return torch.cat(outputs).cpu().numpy()
