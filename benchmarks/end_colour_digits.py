@@ -36,6 +36,9 @@ PAPER_END = {0.999: 52.3, 0.997: 83.7, 0.995: 93.9, 0.99: 96.0}
 PAPER_VANILLA = {0.999: 10.4, 0.997: 33.4, 0.995: 72.1, 0.99: 89.1}
 
 
+METHODS = ("vanilla", "end_nf_false", "end_nf_true")
+
+
 def parse_grid(text: str) -> list[tuple[float, float]]:
     """``"1,1;5,1"`` -> ``[(1.0, 1.0), (5.0, 1.0)]``."""
     try:
@@ -81,6 +84,8 @@ def run(args) -> dict:
         entry["train_conflicting"] = int((selection_data["train"][1] != selection_data["train"][2]).sum())
         chosen = {}
         for normalize_forward in (False, True):
+            if f"end_nf_{str(normalize_forward).lower()}" not in args.methods:
+                continue
             scores = []
             for alpha, beta in grid:
                 config = EnDConfig(alpha=alpha, beta=beta, normalize_forward=normalize_forward)
@@ -93,14 +98,13 @@ def run(args) -> dict:
             chosen[normalize_forward] = best
             entry["selection"][f"normalize_forward={normalize_forward}"] = {"grid": scores, "chosen": best}
 
-        runs = {"vanilla": [], "end_nf_false": [], "end_nf_true": []}
+        configs = {"vanilla": None, **{f"end_nf_{str(nf).lower()}": EnDConfig(
+            alpha=best["alpha"], beta=best["beta"], normalize_forward=nf) for nf, best in chosen.items()}}
+        runs = {name: [] for name in args.methods}
         for seed in args.seeds:
             data = load_split_tensors(rho, seed, args)
-            for name, config in (("vanilla", None),
-                                 ("end_nf_false", EnDConfig(alpha=chosen[False]["alpha"], beta=chosen[False]["beta"],
-                                                            normalize_forward=False)),
-                                 ("end_nf_true", EnDConfig(alpha=chosen[True]["alpha"], beta=chosen[True]["beta"],
-                                                           normalize_forward=True))):
+            for name in args.methods:
+                config = configs[name]
                 scores = train_and_score(data, seed, args, config, ("test_unbiased", "test_biased"))
                 runs[name].append({"seed": seed,
                                    "unbiased": scores["test_unbiased"]["accuracy"],
@@ -124,6 +128,9 @@ def markdown(results: dict) -> str:
         cells = []
         for name, key in (("vanilla", None), ("end_nf_false", "normalize_forward=False"),
                           ("end_nf_true", "normalize_forward=True")):
+            if name not in entry["report"]:
+                cells.append("-")
+                continue
             stats = entry["report"][name]["unbiased"]
             cell = f"{100 * stats['mean']:.1f} ± {100 * stats['std']:.1f}"
             if key:
@@ -151,6 +158,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--n-validation", type=int, default=10_000, help="validation images")
     parser.add_argument("--n-test", type=int, default=10_000, help="images in each test split")
     parser.add_argument("--image-size", type=int, default=16, help="image side in pixels")
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS,
+                        help="what to train: vanilla and EnD with normalize_forward False / True")
     parser.add_argument("--progress", action="store_true", help="show a progress bar per run")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                         help="where to train (default: cuda when available)")
