@@ -7,6 +7,7 @@ from .layers import LayerInfo, find_classifier, list_layers, resolve_layer  # no
 from .cav import CAV, compute_cav  # noqa: E402
 from .methods import AClArCConfig, EnDConfig, PClArCConfig, RRClArCConfig  # noqa: E402
 from .model import DebiasModel, DebiasOutput, get_debias_model  # noqa: E402
+from .hub import ModelCardInfo, load_model, push_folder  # noqa: E402
 from . import functional, models  # noqa: E402,F401  (models registers timm names)
 
 __all__ = [
@@ -19,6 +20,7 @@ __all__ = [
     "DebiasTrainingArguments",
     "EnDConfig",
     "LayerInfo",
+    "ModelCardInfo",
     "PClArCConfig",
     "RRClArCConfig",
     "__version__",
@@ -28,6 +30,8 @@ __all__ = [
     "functional",
     "get_debias_model",
     "list_layers",
+    "load_model",
+    "push_folder",
     "resolve_layer",
 ]
 

@@ -33,6 +33,10 @@ class DebiasConfig:
     """
 
     debias_method: ClassVar[str] = ""
+    method_title: ClassVar[str] = ""
+    """The method's name as a reader knows it (model cards)."""
+    method_summary: ClassVar[str] = ""
+    """One or two sentences for a model card: what the method does and where it comes from."""
 
     layer: str | None = None
     base_model_name_or_path: str | None = None

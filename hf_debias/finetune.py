@@ -154,6 +154,8 @@ def run_training(model_args: ModelArguments, data_args: DataArguments, training_
                 batch[key] = torch.tensor(np.asarray([row[key] for row in rows]))
         return batch
 
+    if training_args.card_dataset is None:
+        training_args.card_dataset = data_args.dataset
     trainer = DebiasTrainer(model=model, args=training_args, train_dataset=train, eval_dataset=evaluation,
                             data_collator=collate)
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
@@ -162,6 +164,8 @@ def run_training(model_args: ModelArguments, data_args: DataArguments, training_
     if metrics:
         trainer.log_metrics("eval", metrics)
         trainer.save_metrics("eval", metrics)
+    if training_args.push_to_hub:  # saved above; now one commit with the card (see DebiasTrainer.push_to_hub)
+        trainer.push_to_hub()
     return trainer, metrics
 
 

@@ -120,6 +120,27 @@ class DebiasModel(nn.Module):
             raise ValueError(f"{type(inner).__name__} has no activation checkpointing switch "
                              "(neither transformers' activation_checkpointing_enable nor timm's set_grad_checkpointing).")
 
+    def save_pretrained(self, save_directory, *, card=None, repo_id: str | None = None):
+        """Save the corrected model: the classifier in its library's format, ``debias_config.json``, the CAV and a
+        model card (``card``: a ``hf_debias.hub.ModelCardInfo``). Reload with ``hf_debias.load_model``."""
+        from .hub import save_model
+
+        return save_model(self, save_directory, card=card, repo_id=repo_id)
+
+    def push_to_hub(self, repo_id: str, **kwargs):
+        """Save locally, then push to the Hub in one commit (see ``hf_debias.hub.push_model`` for the options)."""
+        from .hub import push_model
+
+        return push_model(self, repo_id, **kwargs)
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """Also accepts the wrapped model's own keys (a native checkpoint, as ``save_pretrained`` writes it)."""
+        state_dict = dict(state_dict)
+        own = set(self.state_dict())
+        if not own & set(state_dict) and own & {f"model.{key}" for key in state_dict}:
+            state_dict = {f"model.{key}": value for key, value in state_dict.items()}
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
     def get_base_model(self) -> nn.Module:
         """The wrapped model (still hooked; see ``unload`` for a clean one)."""
         return self.model

@@ -11,8 +11,10 @@ per micro-batch: with gradient accumulation the penalty sees ``per_device_train_
 from __future__ import annotations
 
 import dataclasses
+import json
 import warnings
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -67,6 +69,13 @@ class DebiasTrainingArguments(TrainingArguments):
     rrclarc_aggregation: str = field(default="l2_mean", metadata={
         "help": "RR-ClArC: how the latent gradient's projection is aggregated (l2_mean: the paper)",
         "choices": list(AGGREGATIONS)})
+    bias_description: str | None = field(default=None, metadata={
+        "help": "model card: the bias that is corrected, in words (e.g. 'background colour')"})
+    baseline_results: str | None = field(default=None, metadata={
+        "help": "model card: an uncorrected run's eval results (its output_dir, eval_results.json, or "
+                "{split: {metric: value}} JSON), shown as 'before'"})
+    card_dataset: str | None = field(default=None, metadata={
+        "help": "model card: the dataset the metrics were measured on (a Hub id or a name)"})
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -176,12 +185,128 @@ class DebiasTrainer(Trainer):
         result = group_accuracy(predictions, labels, bias_labels, aligned_bias=self.aligned_bias)
         return {key: value for key, value in result.items() if isinstance(value, float)}
 
+    # ------------------------------------------------------------------ saving, loading, pushing
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
-        """Trainer's save plus ``debias_config.json``, so that a checkpoint records its correction."""
-        super()._save(output_dir, state_dict)
+        """Save the model as ``hf_debias.hub.save_model`` does (the classifier in its library's format,
+        ``debias_config.json``, the CAV, the card) and the arguments as ``training_args.json``: no pickle.
+
+        Under DeepSpeed / FSDP (a gathered ``state_dict``) or for a model neither timm nor transformers,
+        Trainer's own layout is kept, plus ``debias_config.json``."""
+        from .hub import save_model
+        from .hub.native import native_format
+
+        output_dir = Path(output_dir or self.args.output_dir)
         model = unwrap_model(self.model, through_debias=False)
-        if isinstance(model, DebiasModel) and self.args.should_save:
-            model.debias_config.save_pretrained(output_dir or self.args.output_dir)
+        inner = model.model if isinstance(model, DebiasModel) else model
+        try:
+            native_format(inner)
+            native = state_dict is None
+        except ValueError:
+            native = False
+        if native:
+            save_model(model, output_dir, card=self.model_card_info(), repo_id=self.args.hub_model_id)
+            if self.processing_class is not None:
+                self.processing_class.save_pretrained(output_dir)
+        else:
+            super()._save(str(output_dir), state_dict)
+            if isinstance(model, DebiasModel):
+                model.debias_config.save_pretrained(output_dir)
+        (output_dir / TRAINING_ARGS_JSON).write_text(self.args.to_json_string())
+        (output_dir / "training_args.bin").unlink(missing_ok=True)
+
+    def _load_native_checkpoint(self, folder: str | None, model=None) -> bool:
+        """Load weights saved by ``_save`` (native layout) into the live model; False if ``folder`` is not one."""
+        from .hub.native import CONFIG_NAME, load_native
+
+        if folder is None or self.is_deepspeed_enabled or self.is_fsdp_enabled \
+                or not (Path(folder) / CONFIG_NAME).is_file():
+            return False
+        target = unwrap_model(model if model is not None else self.model, through_debias=False)
+        inner = target.model if isinstance(target, DebiasModel) else target
+        inner.load_state_dict(load_native(folder).state_dict(), strict=True)
+        return True
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        if not self._load_native_checkpoint(resume_from_checkpoint, model):
+            super()._load_from_checkpoint(resume_from_checkpoint, model)
+
+    def _load_best_model(self) -> None:
+        if not self._load_native_checkpoint(self.state.best_model_checkpoint):
+            super()._load_best_model()
+
+    def latest_eval_metrics(self) -> dict[str, dict[str, float]]:
+        """The last evaluation's metrics as ``{split: {metric: value}}`` (``eval`` for a single eval set)."""
+        latest: dict[str, float] = {}
+        for entry in self.state.log_history:
+            latest.update(entry)
+        return metrics_by_split(latest, self._eval_split_names())
+
+    def _eval_split_names(self) -> list[str]:
+        return list(self.eval_dataset) if isinstance(self.eval_dataset, dict) else []
+
+    def model_card_info(self):
+        """What the model card shows: the latest eval metrics, the bias description and the baseline run's
+        metrics from the arguments (``--bias_description``, ``--baseline_results``)."""
+        from .hub import ModelCardInfo
+
+        args = self.args
+        return ModelCardInfo(bias=getattr(args, "bias_description", None),
+                             dataset=getattr(args, "card_dataset", None), metrics=self.latest_eval_metrics(),
+                             baseline_metrics=_read_baseline(getattr(args, "baseline_results", None),
+                                                             self._eval_split_names()))
+
+    def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
+        """No intermediate pushes: hf_debias pushes the final model once, in one commit (``push_to_hub``)."""
+
+    def push_to_hub(self, commit_message: str = "End of training", blocking: bool = True, token: str | None = None,
+                    revision: str | None = None, private: bool | None = None, *, card=None, **kwargs):
+        """Push the trained model: saved locally first (into a staging folder, never ``output_dir``'s
+        checkpoints or pickles), then one commit to ``args.hub_model_id`` (default: the output folder's name)
+        with the card. ``card`` (a ``ModelCardInfo``) replaces the one built from the run."""
+        from .hub import push_model
+
+        if kwargs:
+            raise ValueError(f"Unknown push_to_hub options {sorted(kwargs)}; the card comes from card=ModelCardInfo(...).")
+        if not self.is_world_process_zero():
+            return None
+        repo_id = self.args.hub_model_id or Path(self.args.output_dir).resolve().name
+        return push_model(unwrap_model(self.model, through_debias=False), repo_id,
+                          card=card if card is not None else self.model_card_info(), commit_message=commit_message,
+                          token=token or self.args.hub_token, revision=revision,
+                          private=private if private is not None else self.args.hub_private_repo)
+
+
+TRAINING_ARGS_JSON = "training_args.json"
+_NOT_METRICS = {"loss", "runtime", "samples_per_second", "steps_per_second", "epoch", "model_preparation_time"}
+
+
+def _read_baseline(path: str | None, split_names: list[str]) -> dict[str, dict[str, float]]:
+    """A baseline run's metrics: ``{split: {metric: value}}`` JSON, or Trainer's flat ``eval_results.json``."""
+    if not path:
+        return {}
+    file = Path(path)
+    if file.is_dir():
+        file = file / "eval_results.json"
+    if not file.is_file():
+        raise ValueError(f"baseline_results {path!r} is neither a JSON file nor a run folder with eval_results.json.")
+    data = json.loads(file.read_text())
+    if data and all(isinstance(value, dict) for value in data.values()):
+        return data
+    return metrics_by_split(data, split_names)
+
+
+def metrics_by_split(flat: dict, split_names: list[str]) -> dict[str, dict[str, float]]:
+    """Trainer's flat ``eval_<split>_<metric>`` (or ``eval_<metric>``) numbers as ``{split: {metric: value}}``."""
+    metrics: dict[str, dict[str, float]] = {}
+    for key, value in flat.items():
+        if not key.startswith("eval_") or not isinstance(value, (int, float)) or isinstance(value, bool):
+            continue
+        rest = key[len("eval_"):]
+        split = next((name for name in split_names if rest.startswith(name + "_")), "eval")
+        metric = rest[len(split) + 1:] if split != "eval" else rest
+        if metric not in _NOT_METRICS:
+            metrics.setdefault(split, {})[metric] = float(value)
+    return metrics
 
 
 def _check_training_data(dataset, bias_column: str, args: TrainingArguments, config: DebiasConfig) -> None:

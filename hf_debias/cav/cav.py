@@ -6,8 +6,10 @@ count, base model and revision, sample counts, quality figures) — never pickle
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,8 @@ from .pooling import POOLINGS
 
 CAV_WEIGHTS_NAME = "cav.safetensors"
 CAV_CONFIG_NAME = "cav_config.json"
+REQUIRED_METADATA = ("concept", "layer", "pooling", "method", "num_channels")
+"""Keys ``cav_config.json`` must have: without them a CAV cannot be checked against a model."""
 
 
 @dataclass
@@ -160,33 +164,47 @@ class CAV:
         self.name_or_path = str(path)
         return path
 
+    def push_to_hub(self, repo_id: str, *, subfolder: str | None = None, **push_kwargs: Any):
+        """Push this CAV (into ``subfolder``, else the repo root) with its card, in one commit. For several
+        concepts in one repo use ``hf_debias.hub.push_cavs_to_hub``; ``push_kwargs`` are its options."""
+        from ..hub import push_cavs_to_hub
+
+        return push_cavs_to_hub(repo_id, {subfolder or "": self}, **push_kwargs)
+
     @classmethod
     def from_pretrained(cls, name_or_path: str | os.PathLike, *, subfolder: str | None = None,
                         revision: str | None = None, **hub_kwargs: Any) -> CAV:
-        """Load a CAV from a local folder or a Hub repo (``subfolder`` for one of several concepts)."""
-        folder = Path(name_or_path) / (subfolder or "")
-        if folder.is_dir():
-            config_path, weights_path = folder / CAV_CONFIG_NAME, folder / CAV_WEIGHTS_NAME
-            if not config_path.is_file() or not weights_path.is_file():
-                raise FileNotFoundError(f"{str(folder)!r} has no {CAV_CONFIG_NAME} + {CAV_WEIGHTS_NAME}; found "
-                                        f"{sorted(p.name for p in folder.iterdir())}.")
-        else:
-            from huggingface_hub import hf_hub_download
+        """Load a CAV from a local folder or a Hub repo (``subfolder`` for one of several concepts, or the
+        ``cav`` folder of a corrected model's repo). ``hub_kwargs`` go to ``hf_hub_download``."""
+        from ..hub.native import check_safetensors
+        from ..hub.resolve import resolve_file
 
-            kwargs = dict(subfolder=subfolder, revision=revision, **hub_kwargs)
-            config_path = Path(hf_hub_download(str(name_or_path), CAV_CONFIG_NAME, **kwargs))
-            weights_path = Path(hf_hub_download(str(name_or_path), CAV_WEIGHTS_NAME, **kwargs))
-        metadata = json.loads(config_path.read_text())
+        config_path = resolve_file(name_or_path, CAV_CONFIG_NAME, subfolder=subfolder, revision=revision,
+                                   **hub_kwargs)
+        weights_path = resolve_file(name_or_path, CAV_WEIGHTS_NAME, subfolder=subfolder, revision=revision,
+                                    **hub_kwargs)
+        try:
+            metadata = json.loads(config_path.read_text())
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{config_path} is not valid JSON: {err}.") from err
+        missing = [key for key in REQUIRED_METADATA if key not in metadata]
+        if missing:
+            raise ValueError(f"{config_path} lacks the CAV metadata {missing}; a CAV file needs "
+                             f"{list(REQUIRED_METADATA)} (save it with CAV.save_pretrained).")
+        check_safetensors(weights_path)
         tensors = load_file(str(weights_path))
         if set(tensors) != {"cav"}:
             raise ValueError(f"{weights_path} must hold exactly one tensor named 'cav', got {sorted(tensors)}.")
         vector = tensors["cav"]
-        expected = metadata.pop("num_channels", vector.numel())
+        expected = metadata.pop("num_channels")
         if vector.dim() != 1 or vector.numel() != expected:
             raise ValueError(f"{weights_path} holds a CAV of shape {tuple(vector.shape)}, but {config_path.name} "
                              f"says num_channels={expected}.")
-        known = {"concept", "layer", "pooling", "method", "base_model_name_or_path", "revision", "num_samples",
-                 "num_concept_samples", "concept_mean", "clean_mean", "quality", "fit_params", "hf_debias_version"}
+        known = {f.name for f in dataclasses.fields(cls) if f.init and f.name not in ("vector", "name_or_path")}
+        unknown = sorted(set(metadata) - known)
+        if unknown:
+            warnings.warn(f"Ignoring unknown CAV metadata {unknown} in {config_path} (written by hf_debias "
+                          f"{metadata.get('hf_debias_version', '?')}, this is {__version__}).", stacklevel=2)
         cav = cls(vector, **{key: value for key, value in metadata.items() if key in known})
         cav.name_or_path = str(name_or_path) if subfolder is None else f"{name_or_path}/{subfolder}"
         return cav

@@ -18,6 +18,10 @@ class PClArCConfig(CAVConfig):
     in training and in evaluation."""
 
     debias_method: ClassVar[str] = "pclarc"
+    method_title: ClassVar[str] = "P-ClArC (Projective ClArC)"
+    method_summary: ClassVar[str] = (
+        "P-ClArC (Anders et al., Information Fusion 2022) moves every sample's activation at one layer along the "
+        "bias CAV to the mean of samples without the bias; the projection is part of the corrected model.")
 
 
 @dataclass
@@ -30,6 +34,11 @@ class AClArCConfig(CAVConfig):
     """
 
     debias_method: ClassVar[str] = "aclarc"
+    method_title: ClassVar[str] = "A-ClArC (Augmentative ClArC)"
+    method_summary: ClassVar[str] = (
+        "A-ClArC (Anders et al., Information Fusion 2022) fine-tunes the model on samples whose activation at one "
+        "layer is moved along the bias CAV to the mean of biased samples, so that the bias stops being "
+        "informative. The forward pass is unchanged after training.")
 
     freeze: str = "conv_norm"
 

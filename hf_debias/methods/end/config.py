@@ -29,6 +29,11 @@ class EnDConfig(DebiasConfig):
     """
 
     debias_method: ClassVar[str] = "end"
+    method_title: ClassVar[str] = "EnD (Entangling and Disentangling)"
+    method_summary: ClassVar[str] = (
+        "EnD (Tartaglione et al., CVPR 2021) adds two Gram-matrix terms on the bottleneck features to the "
+        "training loss: samples that share a bias label are pushed to orthogonal features, samples of one class "
+        "with different bias labels to parallel ones, so that the features stop encoding the bias.")
 
     alpha: float = 1.0
     beta: float = 1.0

@@ -28,6 +28,11 @@ class RRClArCConfig(CAVConfig):
     """
 
     debias_method: ClassVar[str] = "rrclarc"
+    method_title: ClassVar[str] = "RR-ClArC (Right Reason ClArC)"
+    method_summary: ClassVar[str] = (
+        "RR-ClArC (Dreyer et al., AAAI 2024) fine-tunes the model with a penalty on the gradient of its output "
+        "along the bias concept activation vector (CAV) at one layer, so that the output stops responding to "
+        "the bias concept. The forward pass is unchanged.")
 
     lamb: float = 1.0
     gradient_target: str = "random_signs"

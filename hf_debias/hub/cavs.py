@@ -1,0 +1,65 @@
+"""Several CAVs in one repo: each in its own subfolder, with a card that lists them all."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Mapping
+
+from ..cav import CAV
+from .cards import cav_card
+from .push import push_folder
+
+
+def _by_folder(cavs: Mapping[str, CAV] | list[CAV] | CAV) -> dict[str, CAV]:
+    """``{subfolder: CAV}``; a list is keyed by concept name, a single CAV goes to the repo root."""
+    if isinstance(cavs, CAV):
+        return {"": cavs}
+    if isinstance(cavs, Mapping):
+        mapping = dict(cavs)
+    else:
+        mapping = {}
+        for cav in cavs:
+            if not isinstance(cav, CAV) or not cav.concept:
+                raise ValueError("A list of CAVs is stored by concept name, so every CAV needs a concept; pass "
+                                 "{subfolder: CAV} instead.")
+            if cav.concept in mapping:
+                raise ValueError(f"Two CAVs share the concept {cav.concept!r}; pass {{subfolder: CAV}} instead.")
+            mapping[cav.concept] = cav
+    if not mapping or not all(isinstance(cav, CAV) for cav in mapping.values()):
+        raise ValueError(f"cavs must be a CAV, a list of CAVs or {{subfolder: CAV}}, got {cavs!r}.")
+    for folder in mapping:
+        if folder.startswith(("/", ".")) or "\\" in folder:
+            raise ValueError(f"CAV subfolder {folder!r} must be a relative name such as 'ruler'.")
+    return mapping
+
+
+def save_cavs(cavs: Mapping[str, CAV] | list[CAV] | CAV, save_directory: str | os.PathLike, *,
+              repo_id: str | None = None) -> Path:
+    """Write each CAV into its subfolder of ``save_directory`` plus a ``README.md`` card listing them."""
+    mapping = _by_folder(cavs)
+    folder = Path(save_directory)
+    for subfolder, cav in mapping.items():
+        cav.save_pretrained(folder / subfolder)
+    cav_card(mapping, repo_id=repo_id or folder.resolve().name).save(folder / "README.md")
+    return folder
+
+
+def push_cavs_to_hub(repo_id: str, cavs: Mapping[str, CAV] | list[CAV] | CAV, *,
+                     commit_message: str = "Upload CAVs with hf_debias", token: str | None = None,
+                     private: bool | None = None, revision: str | None = None, create_pr: bool = False):
+    """Push CAVs (``{subfolder: CAV}``, a list keyed by concept, or one CAV for the root) in one commit."""
+    mapping = _by_folder(cavs)
+    origins = {folder: cav.name_or_path for folder, cav in mapping.items()}
+    staging = Path(tempfile.mkdtemp(prefix="hf_debias_push_"))
+    try:
+        save_cavs(mapping, staging, repo_id=repo_id)
+    finally:
+        for folder, cav in mapping.items():
+            cav.name_or_path = origins[folder]
+    info = push_folder(staging, repo_id, commit_message=commit_message, token=token, private=private,
+                       revision=revision, create_pr=create_pr)
+    shutil.rmtree(staging, ignore_errors=True)
+    return info

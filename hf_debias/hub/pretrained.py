@@ -1,0 +1,102 @@
+"""Save, push and load corrected models.
+
+A saved corrected model is a folder (or Hub repo) holding:
+
+- the classifier in its own library's format (``config.json`` + safetensors; see ``native``), so a correction
+  that leaves the forward pass alone loads by name in plain timm and transformers with the same logits;
+- ``debias_config.json``: method, layer, hyper-parameters, base model id and revision, hf_debias version;
+- ``cav/`` for CAV-based methods (``cav.safetensors`` + ``cav_config.json``);
+- ``README.md``: the model card, plus ``report.png`` when a chart is given.
+
+``load_model`` restores every kind, the forward-changing ones included, with the same logits as before saving.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from ..config import CONFIG_NAME, DebiasConfig
+from ..loading import model_identity, unwrap_model
+from ..model import DebiasModel, get_debias_model
+from .cards import ModelCardInfo, copy_chart, debias_model_card
+from .native import load_native, save_native
+from .push import push_folder
+from .resolve import resolve_folder
+
+
+def _recorded_config(model: DebiasModel) -> DebiasConfig:
+    """The model's config with its base model filled in from the model when the user did not record one."""
+    config = model.debias_config
+    if config.base_model_name_or_path is None:
+        name, revision = model_identity(model.model)
+        config = dataclasses.replace(config, base_model_name_or_path=name, revision=config.revision or revision)
+    return config
+
+
+def save_model(model: nn.Module, save_directory: str | os.PathLike, *, card: ModelCardInfo | None = None,
+               repo_id: str | None = None) -> Path:
+    """Save a ``DebiasModel`` (or a plain classifier) into ``save_directory``; see the module docstring.
+
+    Args:
+        card: what the model card says beyond the config (bias, metrics before / after, chart).
+        repo_id: the name the card shows in its loading examples (default: the folder's name).
+    """
+    model = unwrap_model(model, through_debias=False)
+    folder = Path(save_directory)
+    folder.mkdir(parents=True, exist_ok=True)
+    if not isinstance(model, DebiasModel):
+        save_native(model, folder)
+        return folder
+    if model.method is None:
+        raise RuntimeError("This DebiasModel was unloaded; save the model that unload() returned instead.")
+    config = _recorded_config(model)
+    reason = f"{config.method_title or config.debias_method} changes the forward pass" \
+        if model.method.alters_forward else None
+    library = save_native(model.model, folder, refuse_plain_loading=reason)
+    config.save_pretrained(folder)
+    cav = config.load_cav() if hasattr(config, "load_cav") else None
+    copy_chart(card, folder)
+    debias_model_card(config, repo_id=repo_id or folder.resolve().name, library=library,
+                      plain_loading=reason is None, info=card, cav=cav).save(folder / "README.md")
+    return folder
+
+
+def push_model(model: nn.Module, repo_id: str, *, save_directory: str | os.PathLike | None = None,
+               card: ModelCardInfo | None = None, commit_message: str = "Upload corrected model with hf_debias",
+               token: str | None = None, private: bool | None = None, revision: str | None = None,
+               create_pr: bool = False):
+    """Save the model locally (``save_directory``, else a fresh staging folder), then push it in one commit.
+
+    On success a staging folder is removed; on failure it is kept and the ``PushError`` names it.
+    """
+    staging = save_directory is None
+    folder = Path(tempfile.mkdtemp(prefix="hf_debias_push_")) if staging else Path(save_directory)
+    save_model(model, folder, card=card, repo_id=repo_id)
+    info = push_folder(folder, repo_id, commit_message=commit_message, token=token, private=private,
+                       revision=revision, create_pr=create_pr)
+    if staging:
+        shutil.rmtree(folder, ignore_errors=True)
+    return info
+
+
+def load_model(name_or_path: str | os.PathLike, *, revision: str | None = None, **hub_kwargs: Any) -> nn.Module:
+    """Load a model saved by hf_debias — a folder or a Hub repo id — with its correction restored.
+
+    Returns a ``DebiasModel`` in eval mode when the folder holds a ``debias_config.json`` (its logits equal the
+    saved model's), else the plain classifier. ``debias_config.json`` keys from a newer hf_debias are dropped
+    with a warning. Only JSON and safetensors files are read; ``hub_kwargs`` (``token``, ``cache_dir``,
+    ``local_files_only``...) go to ``huggingface_hub.snapshot_download``.
+    """
+    folder = resolve_folder(name_or_path, revision=revision, **hub_kwargs)
+    config = DebiasConfig.from_pretrained(folder) if (folder / CONFIG_NAME).is_file() else None
+    model = load_native(folder)
+    if config is None:
+        return model.eval()
+    return get_debias_model(model, config).eval()
