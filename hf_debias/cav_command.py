@@ -26,6 +26,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                                       "default: the input of the classifier head")
     parser.add_argument("--output-dir", "--output_dir", required=True, help="folder to write the CAV to")
     parser.add_argument("--concept", default=None, help="what the CAV means, recorded with it (e.g. 'ruler')")
+    parser.add_argument("--push-to-hub", "--push_to_hub", default=None, metavar="REPO_ID",
+                        help="also push the CAV (with its card) to this Hub repo, in one commit")
+    parser.add_argument("--hub-subfolder", "--hub_subfolder", default=None,
+                        help="with --push-to-hub: the repo subfolder (one per concept in a multi-concept repo)")
     source = parser.add_argument_group("data (a dataset with a concept column, or two image folders)")
     source.add_argument("--dataset", default=None,
                         help=f"'{CONTROLLED_ARTIFACT}' (built in, offline), a Hugging Face dataset id or a local "
@@ -69,6 +73,9 @@ def run(args: argparse.Namespace) -> int:
                       fit_intercept=not args.no_intercept, progress=not args.no_progress)
     cav.save_pretrained(args.output_dir)
     print(f"{cav}\nSaved to {args.output_dir}")
+    if args.push_to_hub:
+        commit = cav.push_to_hub(args.push_to_hub, subfolder=args.hub_subfolder)
+        print(f"Pushed to {args.push_to_hub}: {getattr(commit, 'commit_url', commit)}")
     return 0
 
 

@@ -159,13 +159,11 @@ def run_training(model_args: ModelArguments, data_args: DataArguments, training_
     trainer = DebiasTrainer(model=model, args=training_args, train_dataset=train, eval_dataset=evaluation,
                             data_collator=collate)
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    trainer.save_model()
     metrics = trainer.evaluate() if evaluation else {}
     if metrics:
         trainer.log_metrics("eval", metrics)
         trainer.save_metrics("eval", metrics)
-    if training_args.push_to_hub:  # saved above; now one commit with the card (see DebiasTrainer.push_to_hub)
-        trainer.push_to_hub()
+    trainer.save_model()  # after evaluating, so the card has the metrics; with --push_to_hub also one commit
     return trainer, metrics
 
 

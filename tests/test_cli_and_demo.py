@@ -100,6 +100,25 @@ def test_cli_train_end_to_end_on_colour_digits(tmp_path, capsys):
     assert 0.0 <= results["eval_worst_group_accuracy"] <= results["eval_unbiased_accuracy"] <= 1.0
 
 
+def test_cli_train_push_to_hub_pushes_one_commit_with_a_card(tmp_path, monkeypatch):
+    from huggingface_hub import ModelCard
+
+    from hub_cache import FakeHub, offline_cache
+
+    hub = FakeHub(offline_cache(monkeypatch, tmp_path))
+    with hub.patch():
+        code = main(["train", "--model_name_or_path", "simple_convnet", "--dataset", "colour-digits",
+                     "--colour_digits_train_size", "128", "--max_eval_samples", "64", "--output_dir",
+                     str(tmp_path / "run"), "--debias", "end", "--max-steps", "2", "--per-device-train-batch-size",
+                     "32", "--use_cpu", "true", "--report_to", "none", "--disable_tqdm", "true", "--push-to-hub",
+                     "--hub-model-id", "org/cd-end", "--bias-description", "digit colour"])
+    assert code == 0
+    assert [commit["repo_id"] for commit in hub.commits] == ["org/cd-end"]
+    assert hub.commits[0]["files"] == ["README.md", "config.json", "debias_config.json", "model.safetensors"]
+    card = ModelCard(hub.contents["org/cd-end"]["README.md"].decode())
+    assert card.data.eval_results and "digit colour" in card.text and "colour-digits" in card.text
+
+
 def test_cli_train_help_documents_every_option():
     from transformers import HfArgumentParser
 
@@ -165,7 +184,7 @@ def test_cli_train_on_an_image_folder_with_a_bias_csv(tmp_path):
                  "--output_dir", str(tmp_path / "out2"), "--debias", "end", "--use_cpu", "true"]) == 2
 
 
-def test_cli_cav_from_two_folders_and_from_the_builtin_benchmark(tmp_path, capsys):
+def test_cli_cav_from_two_folders_and_from_the_builtin_benchmark(tmp_path, capsys, monkeypatch):
     from PIL import Image
 
     from hf_debias import CAV
@@ -184,9 +203,19 @@ def test_cli_cav_from_two_folders_and_from_the_builtin_benchmark(tmp_path, capsy
     assert (cav.concept, cav.layer, cav.num_samples, cav.base_model_name_or_path) == (
         "bright corner", "stages.1", 18, "simple_convnet")
     assert cav.quality["auc"] == 1.0
-    assert main(["cav", "simple_convnet", "--layer", "stages.2", "--dataset", "controlled-artifact", "--only-class",
-                 "0", "--max-samples", "300", "--output-dir", str(tmp_path / "patch"), "--no-progress"]) == 0
+    import torch
+    from hub_cache import FakeHub, offline_cache
+
+    hub = FakeHub(offline_cache(monkeypatch, tmp_path))
+    with hub.patch():
+        assert main(["cav", "simple_convnet", "--layer", "stages.2", "--dataset", "controlled-artifact",
+                     "--only-class", "0", "--max-samples", "300", "--output-dir", str(tmp_path / "patch"),
+                     "--no-progress", "--concept", "patch", "--push-to-hub", "org/cavs", "--hub-subfolder",
+                     "patch"]) == 0
     assert CAV.from_pretrained(tmp_path / "patch").num_channels == 64
+    assert hub.commits[0]["files"] == ["patch/README.md", "patch/cav.safetensors", "patch/cav_config.json"]
+    assert torch.equal(CAV.from_pretrained("org/cavs", subfolder="patch").vector,
+                       CAV.from_pretrained(tmp_path / "patch").vector)
     assert main(["cav", "simple_convnet", "--dataset", "controlled-artifact", "--concept-dir", "x",
                  "--output-dir", str(tmp_path / "bad")]) == 2
     assert "either --dataset or both" in capsys.readouterr().err

@@ -220,7 +220,7 @@ def test_push_cavs_is_one_commit_and_keeps_subfolders(tmp_path, cache):
     assert [commit["files"] for commit in hub.commits] == [
         ["README.md", "patch/cav.safetensors", "patch/cav_config.json", "ruler/cav.safetensors",
          "ruler/cav_config.json"],
-        ["README.md", "ruler/cav.safetensors", "ruler/cav_config.json"]]
+        ["ruler/README.md", "ruler/cav.safetensors", "ruler/cav_config.json"]]
     assert torch.equal(CAV.from_pretrained("org/cavs", subfolder="patch").vector, patch.vector)
     assert ruler.name_or_path is None  # pushing from a staging folder does not re-point the CAV
 

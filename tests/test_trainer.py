@@ -99,7 +99,10 @@ def test_checkpoint_records_the_config_and_resume_continues_the_same_run(tmp_pat
 
     full = run(tmp_path / "full", 4)
     checkpoint = tmp_path / "full" / "checkpoint-2"
-    assert DebiasConfig.from_pretrained(checkpoint) == EnDConfig(alpha=1.0, beta=1.0, normalize_forward=False)
+    # the checkpoint is the Hub layout; its config records the base model the run started from
+    assert DebiasConfig.from_pretrained(checkpoint) == EnDConfig(alpha=1.0, beta=1.0, normalize_forward=False,
+                                                                 base_model_name_or_path="simple_convnet")
+    assert (checkpoint / "config.json").is_file() and not (checkpoint / "training_args.bin").exists()
     resumed = run(tmp_path / "resumed", 4, resume=str(checkpoint))
     assert resumed[3] == pytest.approx(full[3], rel=1e-5)
     assert resumed[4] == pytest.approx(full[4], rel=1e-5)
@@ -269,3 +272,65 @@ def test_torch_compile_gives_the_same_losses(tmp_path, method):
         losses[compiled] = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     assert len(losses[True]) == 3
     assert losses[True] == pytest.approx(losses[False], rel=1e-4)
+
+
+def test_trainer_saves_the_hub_layout_without_pickle_and_resumes_from_it(tmp_path):
+    from hf_debias import load_model
+
+    args = arguments(tmp_path / "run", save_strategy="steps", save_steps=2, max_steps=4)
+    trainer = DebiasTrainer(model=models()["timm"], args=args, train_dataset=tiny_dataset(),
+                            eval_dataset=tiny_dataset(seed=1))
+    trainer.train()
+    trainer.evaluate()
+    trainer.save_model()
+    output = tmp_path / "run"
+    assert {"config.json", "model.safetensors", "debias_config.json", "README.md", "training_args.json"} <= {
+        p.name for p in output.iterdir()}
+    assert not list(output.glob("*.bin")) and not list(output.glob("*.pt"))
+    batch = tiny_dataset(n=4, seed=2)[:]["pixel_values"]
+    trained = trainer.model.eval()
+    with torch.no_grad():
+        expected = trained(batch).logits
+        torch.testing.assert_close(load_model(output)(batch).logits, expected, rtol=0, atol=1e-6)
+    card = (output / "README.md").read_text()
+    assert "| eval | worst group accuracy |" in card
+
+    # resuming from the native checkpoint restores the weights of step 2, then trains on to the same end point
+    resumed = DebiasTrainer(model=models()["timm"], args=arguments(tmp_path / "run", save_strategy="steps",
+                                                                   save_steps=2, max_steps=4),
+                            train_dataset=tiny_dataset())
+    resumed._load_from_checkpoint(str(output / "checkpoint-2"))
+    step2 = load_model(output / "checkpoint-2")
+    for (name, value), (_, reference) in zip(resumed.model.model.state_dict().items(),
+                                             step2.model.state_dict().items()):
+        assert torch.equal(value, reference), name
+
+
+def test_trainer_push_to_hub_is_one_commit_with_the_card_and_baseline(tmp_path, monkeypatch):
+    import json
+
+    from huggingface_hub import ModelCard
+
+    from hub_cache import FakeHub, offline_cache
+
+    hub = FakeHub(offline_cache(monkeypatch, tmp_path))
+    baseline = tmp_path / "vanilla"
+    baseline.mkdir()
+    (baseline / "eval_results.json").write_text(json.dumps({"eval_accuracy": 0.5, "eval_worst_group_accuracy": 0.1,
+                                                             "eval_loss": 1.0, "epoch": 1.0}))
+    args = arguments(tmp_path / "run", hub_model_id="org/end-run", bias_description="background colour",
+                     baseline_results=str(baseline), hub_token="hf_SECRETTOKEN123")
+    trainer = DebiasTrainer(model=models()["timm"], args=args, train_dataset=tiny_dataset(),
+                            eval_dataset=tiny_dataset(seed=1))
+    trainer.train()
+    trainer.evaluate()
+    with hub.patch():
+        trainer.push_to_hub()
+    assert len(hub.commits) == 1 and hub.tokens == ["hf_SECRETTOKEN123"]
+    assert hub.commits[0]["files"] == ["README.md", "config.json", "debias_config.json", "model.safetensors"]
+    card = ModelCard(hub.contents["org/end-run"]["README.md"].decode())
+    before = {r.metric_type: r.metric_value for r in card.data.eval_results if r.metric_config}
+    after = {r.metric_type: r.metric_value for r in card.data.eval_results if not r.metric_config}
+    assert before == {"accuracy": 0.5, "worst_group_accuracy": 0.1}
+    assert after["accuracy"] == trainer.state.log_history[-1]["eval_accuracy"]
+    assert "background colour" in card.text

@@ -165,11 +165,12 @@ class CAV:
         return path
 
     def push_to_hub(self, repo_id: str, *, subfolder: str | None = None, **push_kwargs: Any):
-        """Push this CAV (into ``subfolder``, else the repo root) with its card, in one commit. For several
-        concepts in one repo use ``hf_debias.hub.push_cavs_to_hub``; ``push_kwargs`` are its options."""
+        """Push this CAV with its card in one commit: into ``subfolder`` (its card too, so the root card of a
+        multi-concept repo stays as it is), else the repo root. To push several concepts with one card listing
+        them use ``hf_debias.hub.push_cavs_to_hub``; ``push_kwargs`` are its options."""
         from ..hub import push_cavs_to_hub
 
-        return push_cavs_to_hub(repo_id, {subfolder or "": self}, **push_kwargs)
+        return push_cavs_to_hub(repo_id, {subfolder or "": self}, card_folder=subfolder or "", **push_kwargs)
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | os.PathLike, *, subfolder: str | None = None,

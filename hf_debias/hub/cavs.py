@@ -37,25 +37,28 @@ def _by_folder(cavs: Mapping[str, CAV] | list[CAV] | CAV) -> dict[str, CAV]:
 
 
 def save_cavs(cavs: Mapping[str, CAV] | list[CAV] | CAV, save_directory: str | os.PathLike, *,
-              repo_id: str | None = None) -> Path:
-    """Write each CAV into its subfolder of ``save_directory`` plus a ``README.md`` card listing them."""
+              repo_id: str | None = None, card_folder: str = "") -> Path:
+    """Write each CAV into its subfolder of ``save_directory`` plus a ``README.md`` card listing them (in
+    ``card_folder``: the root by default)."""
     mapping = _by_folder(cavs)
     folder = Path(save_directory)
     for subfolder, cav in mapping.items():
         cav.save_pretrained(folder / subfolder)
-    cav_card(mapping, repo_id=repo_id or folder.resolve().name).save(folder / "README.md")
+    cav_card(mapping, repo_id=repo_id or folder.resolve().name).save(folder / card_folder / "README.md")
     return folder
 
 
 def push_cavs_to_hub(repo_id: str, cavs: Mapping[str, CAV] | list[CAV] | CAV, *,
                      commit_message: str = "Upload CAVs with hf_debias", token: str | None = None,
-                     private: bool | None = None, revision: str | None = None, create_pr: bool = False):
-    """Push CAVs (``{subfolder: CAV}``, a list keyed by concept, or one CAV for the root) in one commit."""
+                     private: bool | None = None, revision: str | None = None, create_pr: bool = False,
+                     card_folder: str = ""):
+    """Push CAVs (``{subfolder: CAV}``, a list keyed by concept, or one CAV for the root) in one commit, with a
+    card listing them in ``card_folder`` (the repo root by default: push a repo's concepts together)."""
     mapping = _by_folder(cavs)
     origins = {folder: cav.name_or_path for folder, cav in mapping.items()}
     staging = Path(tempfile.mkdtemp(prefix="hf_debias_push_"))
     try:
-        save_cavs(mapping, staging, repo_id=repo_id)
+        save_cavs(mapping, staging, repo_id=repo_id, card_folder=card_folder)
     finally:
         for folder, cav in mapping.items():
             cav.name_or_path = origins[folder]
