@@ -25,7 +25,7 @@ import torch
 from .cav import compute_cav
 from .data import colour_digits_arrays, controlled_artifact_arrays
 from .methods import EnDConfig, RRClArCConfig
-from .metrics import group_accuracy, model_artifact_accuracy
+from .metrics import directional_derivatives, group_accuracy, model_artifact_accuracy, tcav
 from .model import get_debias_model
 from .report import format_table, write_report
 from .training import FitConfig, fit, images_to_tensor, predict
@@ -97,7 +97,7 @@ def run_end_demo(settings: DemoSettings, log=print) -> dict[str, dict[str, float
     fit_config = FitConfig(epochs=settings.epochs, seed=settings.seed)
     end_config = EnDConfig(alpha=settings.alpha, beta=settings.beta, normalize_forward=settings.normalize_forward)
 
-    rows = {}
+    rows, models = {}, {}
     for name in ("vanilla", "EnD"):
         torch.manual_seed(settings.seed)
         model = timm.create_model(settings.model, num_classes=10)
@@ -105,6 +105,7 @@ def run_end_demo(settings: DemoSettings, log=print) -> dict[str, dict[str, float
             model = get_debias_model(model, end_config)
         fit(model, *splits["train"], fit_config, progress=settings.progress, desc=f"training {name}")
         rows[name] = evaluate_on_splits(model, splits)
+        models[name] = model
         log(f"  {name}: unbiased accuracy {100 * rows[name]['unbiased_accuracy']:.1f}%")
 
     log("\n" + format_table(rows))
@@ -114,6 +115,9 @@ def run_end_demo(settings: DemoSettings, log=print) -> dict[str, dict[str, float
                                        details={"settings": asdict(settings), "end_config": end_config.to_dict(),
                                                 "train_conflicting": arrays["train"].num_conflicting})
     log(f"\nReport: {json_path} and {png_path}")
+    _save_corrected(models["EnD"], Path(settings.output_dir) / "end_model", png_path, log,
+                    bias="the digit's colour", dataset=f"Colour-Digits (rho={settings.rho}, built in)",
+                    metrics={"test": rows["EnD"]}, baseline_metrics={"test": rows["vanilla"]})
     return rows
 
 
@@ -148,9 +152,11 @@ def run_rrclarc_demo(settings: DemoSettings, log=print) -> dict[str, dict[str, f
             fit(model, x, y, y, tuned, progress=settings.progress, desc=f"fine-tuning {name}")
         models[name] = model
     rows = {}
+    attacked_zeros = splits["test_attacked"][0][splits["test_attacked"][1] == 0]
     for name, model in models.items():
         rows[name] = model_artifact_accuracy(model, splits["test_clean"][0], splits["test_attacked"][0],
                                              splits["test_clean"][1])
+        rows[name].update(tcav(directional_derivatives(model, settings.rrclarc_layer, cav, attacked_zeros, 0)))
         log(f"  {name}: clean {100 * rows[name]['clean_accuracy']:.1f}%, attacked "
             f"{100 * rows[name]['attacked_accuracy']:.1f}%")
     log("\n" + format_table(rows, ARTIFACT_METRICS))
@@ -159,7 +165,20 @@ def run_rrclarc_demo(settings: DemoSettings, log=print) -> dict[str, dict[str, f
                                        name="rrclarc_report",
                                        details={"settings": asdict(settings), "cav": cav.metadata()})
     log(f"\nReport: {json_path} and {png_path}")
+    _save_corrected(models["RR-ClArC"], Path(settings.output_dir) / "rrclarc_model", png_path, log,
+                    bias="a corner patch on class 0", dataset="controlled-artifact digits (built in)",
+                    metrics={"test": rows["RR-ClArC"]}, baseline_metrics={"test": rows["vanilla"]})
     return rows
+
+
+def _save_corrected(model, folder: Path, chart: Path, log, **card) -> None:
+    """Save the corrected model as it would go to the Hub (model card included), ready for ``push_folder``."""
+    from .hub import ModelCardInfo
+
+    model.save_pretrained(folder, card=ModelCardInfo(report_chart=chart, baseline_name="vanilla, same recipe",
+                                                     **card))
+    log(f"Corrected model with its model card: {folder} (hf_debias.load_model('{folder}'); push it with "
+        f"hf_debias.push_folder('{folder}', 'your-name/model'))")
 
 
 def quick_settings(output_dir: str | Path) -> DemoSettings:

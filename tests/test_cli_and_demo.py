@@ -37,6 +37,14 @@ def test_demo_quick_writes_report_and_compares_both_models(tmp_path, capsys):
     assert (tmp_path / "rrclarc_report.png").read_bytes()[:4] == b"\x89PNG"
     out = capsys.readouterr().out
     assert "bias-conflicting" in out and "vanilla" in out and "report.png" in out and "attacked" in out
+    # each corrected model is saved as it would go to the Hub, with a card comparing it with vanilla
+    from hf_debias import load_model
+
+    for folder in ("end_model", "rrclarc_model"):
+        card = (tmp_path / folder / "README.md").read_text()
+        assert "![before vs after](report.png)" in card and "before (vanilla, same recipe)" in card
+        assert isinstance(load_model(tmp_path / folder), __import__("hf_debias").DebiasModel)
+    assert 0.0 <= artifact_rows["RR-ClArC"]["tcav_score"] <= 1.0 and "| test | tcav sensitivity |" in card
 
 
 def test_cli_demo_quick(tmp_path):
