@@ -45,14 +45,17 @@ def check_label_tensor(name: str, labels: object, batch_size: int) -> torch.Tens
     return labels
 
 
-def check_features(name: str, features: object) -> torch.Tensor:
-    """Return ``features`` flattened to ``[B, D]`` if it is a finite floating tensor with a batch dimension."""
+def check_features(name: str, features: object, *, check_finite: bool = True) -> torch.Tensor:
+    """Return ``features`` flattened to ``[B, D]`` if it is a finite floating tensor with a batch dimension.
+
+    ``check_finite=False`` skips the finiteness test (it waits for the device), for callers that check their
+    result instead."""
     if not isinstance(features, torch.Tensor) or not features.is_floating_point():
         kind = features.dtype if isinstance(features, torch.Tensor) else type(features).__name__
         raise ValueError(f"{name} must be a floating-point torch.Tensor shaped [B, ...], got {kind}.")
     if features.dim() < 2 or features.shape[0] < 1:
         raise ValueError(f"{name} must be shaped [B, ...] with B >= 1 and a feature axis, got {tuple(features.shape)}.")
     # One reduction first: a finite sum proves every entry finite; only otherwise look element by element.
-    if not torch.isfinite(features.sum()) and not torch.isfinite(features).all():
+    if check_finite and not torch.isfinite(features.sum()) and not torch.isfinite(features).all():
         raise ValueError(f"{name} contains NaN or infinite values; the penalty needs finite features.")
     return features.reshape(features.shape[0], -1)

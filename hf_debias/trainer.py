@@ -82,6 +82,8 @@ class DebiasTrainingArguments(TrainingArguments):
         if self.debias not in DEBIAS_CHOICES:
             raise ValueError(f"debias={self.debias!r} is not valid; choose one of: {', '.join(DEBIAS_CHOICES)}.")
         self.debias_config()  # validate the method's options now, at parse time
+        if self.baseline_results is not None:
+            _baseline_file(self.baseline_results)  # not at the first checkpoint save
 
     def debias_config(self) -> DebiasConfig | None:
         """The config that ``--debias`` and its options describe, or ``None`` for ``--debias none``."""
@@ -284,15 +286,19 @@ def _read_baseline(path: str | None, split_names: list[str]) -> dict[str, dict[s
     """A baseline run's metrics: ``{split: {metric: value}}`` JSON, or Trainer's flat ``eval_results.json``."""
     if not path:
         return {}
+    data = json.loads(_baseline_file(path).read_text())
+    if data and all(isinstance(value, dict) for value in data.values()):
+        return data
+    return metrics_by_split(data, split_names)
+
+
+def _baseline_file(path: str) -> Path:
     file = Path(path)
     if file.is_dir():
         file = file / "eval_results.json"
     if not file.is_file():
         raise ValueError(f"baseline_results {path!r} is neither a JSON file nor a run folder with eval_results.json.")
-    data = json.loads(file.read_text())
-    if data and all(isinstance(value, dict) for value in data.values()):
-        return data
-    return metrics_by_split(data, split_names)
+    return file
 
 
 def metrics_by_split(flat: dict, split_names: list[str]) -> dict[str, dict[str, float]]:

@@ -54,14 +54,23 @@ def assert_matches_reference(features, targets, bias, pairing):
         torch.testing.assert_close(gx, gr, atol=1e-10, rtol=1e-8)
 
 
+@pytest.fixture(params=[False, True], ids=["cpu_group_buffers", "batch_sized_group_buffers"])
+def padded(request, monkeypatch):
+    """Run a test with group buffers sized as on the CPU and as on a GPU (batch-sized, with empty groups)."""
+    import hf_debias.functional.end as end_module
+
+    monkeypatch.setattr(end_module, "_pad_group_buffers", lambda device: request.param)
+    return request.param
+
+
 @pytest.mark.parametrize("pairing", ["all", "reference"])
 @pytest.mark.parametrize("seed", range(5))
-def test_random_batches_match_pairwise_reference(pairing, seed):
+def test_random_batches_match_pairwise_reference(pairing, seed, padded):
     assert_matches_reference(*random_batch(seed), pairing)
 
 
 @pytest.mark.parametrize("pairing", ["all", "reference"])
-def test_labels_with_gaps_and_negative_values(pairing):
+def test_labels_with_gaps_and_negative_values(pairing, padded):
     features, targets, bias = random_batch(7, gaps=True)
     assert_matches_reference(features, targets, bias, pairing)
     # Relabelling must not change anything for "all" (only the order of bias values matters for "reference").
@@ -72,7 +81,7 @@ def test_labels_with_gaps_and_negative_values(pairing):
 
 @pytest.mark.parametrize("pairing", ["all", "reference"])
 @pytest.mark.parametrize("case", ["one_sample", "one_bias_value", "no_same_target_pairs", "all_distinct"])
-def test_degenerate_batches_are_exact_zero_or_match(pairing, case):
+def test_degenerate_batches_are_exact_zero_or_match(pairing, case, padded):
     features = torch.randn(6, 5, dtype=torch.float64)
     if case == "one_sample":
         features, targets, bias = features[:1], torch.tensor([3]), torch.tensor([1])

@@ -334,3 +334,8 @@ def test_trainer_push_to_hub_is_one_commit_with_the_card_and_baseline(tmp_path, 
     assert before == {"accuracy": 0.5, "worst_group_accuracy": 0.1}
     assert after["accuracy"] == trainer.state.log_history[-1]["eval_accuracy"]
     assert "background colour" in card.text
+
+
+def test_a_missing_baseline_results_file_fails_at_parse_time(tmp_path):
+    with pytest.raises(ValueError, match="baseline_results 'no/such/run' is neither a JSON file nor a run folder"):
+        arguments(tmp_path, baseline_results="no/such/run")

@@ -44,7 +44,7 @@ def end_terms(
         pairing: which same-target, different-bias pairs enter ``r_par``; see ``PAIRINGS``.
     """
     check_choice("pairing", pairing, PAIRINGS)
-    flat = check_features("features", features)
+    flat = check_features("features", features, check_finite=False)  # checked once, on the result
     batch_size = flat.shape[0]
     targets = check_label_tensor("targets", targets, batch_size).to(flat.device)
     bias_labels = check_label_tensor("bias_labels", bias_labels, batch_size).to(flat.device)
@@ -59,25 +59,29 @@ def end_terms(
         # Sums of G_ij over the pairs i > j inside a group need no B x B Gram matrix:
         # sum_{i>j in g} <u_i, u_j> = (|sum_{i in g} u_i|^2 - sum_{i in g} |u_i|^2) / 2.
         # One pass sums the unit vectors per (target, bias) cell; bias and target groups are sums of cells.
-        bias_values, bias_ids = torch.unique(bias_labels, return_inverse=True)
-        _, target_ids = torch.unique(targets, return_inverse=True)
-        n_bias = bias_values.numel()
-        cells, cell_of, cell_counts = torch.unique(target_ids * n_bias + bias_ids, return_inverse=True,
-                                                   return_counts=True)
-        cell_vectors = unit.new_zeros(cells.numel(), unit.shape[1]).index_add(0, cell_of, unit)
-        cell_norms = unit.new_zeros(cells.numel()).index_add(0, cell_of, squared_norms)
+        bias_ids, n_bias = _dense_ids(bias_labels)
+        target_ids, n_targets = _dense_ids(targets)
+        cell_of, n_cells = _dense_ids(target_ids * batch_size + bias_ids)
+        cell_vectors = unit.new_zeros(n_cells, unit.shape[1]).index_add(0, cell_of, unit)
+        cell_norms = unit.new_zeros(n_cells).index_add(0, cell_of, squared_norms)
+        cell_counts = _zeros_long(n_cells, unit).index_add(0, cell_of, torch.ones_like(cell_of))
+        cell_bias = _zeros_long(n_cells, unit).scatter_(0, cell_of, bias_ids)  # (padding cells: group 0, empty)
+        cell_target = _zeros_long(n_cells, unit).scatter_(0, cell_of, target_ids)
 
-        bias_sums, n_same = _pair_sums(cell_vectors, cell_norms, cell_counts, cells % n_bias)
+        bias_sums, n_same = _pair_sums(cell_vectors, cell_norms, cell_counts, cell_bias, n_bias)
         r_ortho = bias_sums.abs().sum() / n_same.clamp_min(1)
 
         if pairing == "all":
             # same-target pairs minus same-(target, bias) pairs = same target, different bias.
-            target_sums, n_target = _pair_sums(cell_vectors, cell_norms, cell_counts, cells // n_bias)
-            cell_sums, n_cell = _pair_sums(cell_vectors, cell_norms, cell_counts, None)
+            target_sums, n_target = _pair_sums(cell_vectors, cell_norms, cell_counts, cell_target, n_targets)
+            cell_sums, n_cell = _pair_sums(cell_vectors, cell_norms, cell_counts, None, n_cells)
             gram_sum, n_par = target_sums.sum() - cell_sums.sum(), n_target - n_cell
         else:
             gram_sum, n_par = _reference_pair_sum(unit, target_ids, bias_labels)
         r_par = (n_par - gram_sum) * 0.5 / n_par.clamp_min(1)
+    # One check at the end (a single wait for the device): non-finite features make both terms non-finite.
+    if not torch.isfinite(r_ortho + r_par):
+        raise ValueError("features contains NaN or infinite values; the penalty needs finite features.")
     return r_ortho, r_par
 
 
@@ -111,13 +115,33 @@ def _reference_pair_sum(unit: torch.Tensor, target_ids: torch.Tensor,
     return (gram * mask).sum(), mask.sum()
 
 
+def _dense_ids(labels: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Integer labels of any values as dense ids ``0..K-1`` (in value order), and a size for per-group buffers.
+
+    Unlike ``torch.unique`` this never makes a GPU wait for the host: off the CPU the size is the batch size
+    (ids past ``K`` are empty groups); on the CPU, where reading ``K`` costs nothing, it is ``K``."""
+    sorted_labels, order = torch.sort(labels)
+    starts = torch.ones_like(sorted_labels, dtype=torch.long)
+    starts[1:] = (sorted_labels[1:] != sorted_labels[:-1]).long()
+    sorted_ids = torch.cumsum(starts, 0) - 1
+    size = labels.shape[0] if _pad_group_buffers(labels.device) else int(sorted_ids[-1]) + 1
+    return torch.empty_like(sorted_ids).scatter_(0, order, sorted_ids), size
+
+
+def _pad_group_buffers(device: torch.device) -> bool:
+    """Size group buffers by the batch (no device wait) everywhere but on the CPU."""
+    return device.type != "cpu"
+
+
+def _zeros_long(size: int, like: torch.Tensor) -> torch.Tensor:
+    return torch.zeros(size, dtype=torch.long, device=like.device)
+
+
 def _pair_sums(cell_vectors: torch.Tensor, cell_norms: torch.Tensor, cell_counts: torch.Tensor,
-               group_of_cell: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+               group_of_cell: torch.Tensor | None, n_groups: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Per group of cells: the sum of ``<u_i, u_j>`` over the group's sample pairs ``i > j``, and the number
     of such pairs over all groups. ``None`` groups every cell on its own."""
     if group_of_cell is not None:
-        groups, group_of_cell = torch.unique(group_of_cell, return_inverse=True)
-        n_groups = groups.numel()
         cell_vectors = cell_vectors.new_zeros(n_groups, cell_vectors.shape[1]).index_add(0, group_of_cell,
                                                                                         cell_vectors)
         cell_norms = cell_norms.new_zeros(n_groups).index_add(0, group_of_cell, cell_norms)

@@ -76,8 +76,9 @@ def _hub_id(name: str | None) -> str | None:
     return None
 
 
-def _number(value: Any) -> str:
-    return f"{100 * value:.1f} %" if isinstance(value, float) and 0.0 <= value <= 1.0 else f"{value:.4g}"
+def _number(metric: str, value: Any) -> str:
+    """Accuracies as percentages, everything else (TCAV sensitivity, gaps, drops) as a plain number."""
+    return f"{100 * value:.1f} %" if "accuracy" in metric else f"{value:.4g}"
 
 
 def _eval_results(info: ModelCardInfo, model_name: str) -> list:
@@ -112,8 +113,8 @@ def debias_model_card(config: DebiasConfig, *, repo_id: str, library: str, plain
         after, before = info.metrics.get(split, {}), info.baseline_metrics.get(split, {})
         for metric in dict.fromkeys([*after, *before]):
             rows.append({"split": split, "metric": metric.replace("_", " "),
-                         "after": _number(after[metric]) if metric in after else "-",
-                         "before": _number(before[metric]) if metric in before else "-"})
+                         "after": _number(metric, after[metric]) if metric in after else "-",
+                         "before": _number(metric, before[metric]) if metric in before else "-"})
     card_data = ModelCardData(
         model_name=model_name, base_model=base_hub, library_name=library if plain_loading else "hf_debias",
         pipeline_tag="image-classification", license=info.license,
