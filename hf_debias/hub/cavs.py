@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Mapping
 
 from ..cav import CAV
 from .cards import cav_card
-from .push import push_folder
+from .push import save_and_push
 
 
 def _by_folder(cavs: Mapping[str, CAV] | list[CAV] | CAV) -> dict[str, CAV]:
@@ -55,14 +53,14 @@ def push_cavs_to_hub(repo_id: str, cavs: Mapping[str, CAV] | list[CAV] | CAV, *,
     """Push CAVs (``{subfolder: CAV}``, a list keyed by concept, or one CAV for the root) in one commit, with a
     card listing them in ``card_folder`` (the repo root by default: push a repo's concepts together)."""
     mapping = _by_folder(cavs)
-    origins = {folder: cav.name_or_path for folder, cav in mapping.items()}
-    staging = Path(tempfile.mkdtemp(prefix="hf_debias_push_"))
-    try:
-        save_cavs(mapping, staging, repo_id=repo_id, card_folder=card_folder)
-    finally:
-        for folder, cav in mapping.items():
-            cav.name_or_path = origins[folder]
-    info = push_folder(staging, repo_id, commit_message=commit_message, token=token, private=private,
-                       revision=revision, create_pr=create_pr)
-    shutil.rmtree(staging, ignore_errors=True)
-    return info
+
+    def save(folder: Path) -> None:
+        origins = {subfolder: cav.name_or_path for subfolder, cav in mapping.items()}
+        try:
+            save_cavs(mapping, folder, repo_id=repo_id, card_folder=card_folder)
+        finally:  # saving into a staging folder does not re-point the CAVs
+            for subfolder, cav in mapping.items():
+                cav.name_or_path = origins[subfolder]
+
+    return save_and_push(save, repo_id, commit_message=commit_message, token=token, private=private,
+                         revision=revision, create_pr=create_pr)

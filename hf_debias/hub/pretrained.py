@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +25,7 @@ from ..loading import model_identity, unwrap_model
 from ..model import DebiasModel, get_debias_model
 from .cards import ModelCardInfo, copy_chart, debias_model_card
 from .native import load_native, save_native
-from .push import push_folder
+from .push import save_and_push
 from .resolve import resolve_folder
 
 
@@ -76,14 +74,9 @@ def push_model(model: nn.Module, repo_id: str, *, save_directory: str | os.PathL
 
     On success a staging folder is removed; on failure it is kept and the ``PushError`` names it.
     """
-    staging = save_directory is None
-    folder = Path(tempfile.mkdtemp(prefix="hf_debias_push_")) if staging else Path(save_directory)
-    save_model(model, folder, card=card, repo_id=repo_id)
-    info = push_folder(folder, repo_id, commit_message=commit_message, token=token, private=private,
-                       revision=revision, create_pr=create_pr)
-    if staging:
-        shutil.rmtree(folder, ignore_errors=True)
-    return info
+    return save_and_push(lambda folder: save_model(model, folder, card=card, repo_id=repo_id), repo_id,
+                         save_directory=save_directory, commit_message=commit_message, token=token,
+                         private=private, revision=revision, create_pr=create_pr)
 
 
 def load_model(name_or_path: str | os.PathLike, *, revision: str | None = None, **hub_kwargs: Any) -> nn.Module:

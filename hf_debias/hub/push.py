@@ -10,7 +10,11 @@ from __future__ import annotations
 
 import fnmatch
 import os
+import shutil
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from .resolve import PICKLE_PATTERNS
 
@@ -68,3 +72,17 @@ def push_folder(folder: str | os.PathLike, repo_id: str, *, commit_message: str 
         raise PushError(f"Pushing {str(folder)!r} to {repo_id!r} failed, and nothing was committed; the saved files "
                         f"are intact in {str(folder)!r}. Retry with hf_debias.push_folder({str(folder)!r}, "
                         f"{repo_id!r}). Cause: {cause}", folder) from None
+
+
+def save_and_push(save: Callable[[Path], Any], repo_id: str, *, save_directory: str | os.PathLike | None = None,
+                  **push_kwargs: Any):
+    """``save(folder)`` into ``save_directory`` (kept) or a fresh staging folder, then push it in one commit.
+
+    A staging folder is removed after a successful push and kept after a failed one (``PushError`` names it)."""
+    staging = save_directory is None
+    folder = Path(tempfile.mkdtemp(prefix="hf_debias_push_")) if staging else Path(save_directory)
+    save(folder)
+    info = push_folder(folder, repo_id, **push_kwargs)
+    if staging:
+        shutil.rmtree(folder, ignore_errors=True)
+    return info
