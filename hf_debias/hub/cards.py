@@ -81,7 +81,7 @@ def _number(metric: str, value: Any) -> str:
     return f"{100 * value:.1f} %" if "accuracy" in metric else f"{value:.4g}"
 
 
-def _eval_results(info: ModelCardInfo, model_name: str) -> list:
+def _eval_results(info: ModelCardInfo) -> list:
     from huggingface_hub import EvalResult
 
     results = []
@@ -120,7 +120,7 @@ def debias_model_card(config: DebiasConfig, *, repo_id: str, library: str, plain
         pipeline_tag="image-classification", license=info.license,
         tags=["hf_debias", "bias-correction", config.debias_method, "image-classification"],
         datasets=[info.dataset] if info.dataset and "/" in info.dataset else None,
-        eval_results=_eval_results(info, model_name) or None)
+        eval_results=_eval_results(info) or None)
     cav_summary = None
     if cav is not None:
         cav_summary = {**cav.metadata(), "auc": cav.quality.get("auc")}
