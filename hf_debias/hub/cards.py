@@ -77,8 +77,12 @@ def _hub_id(name: str | None) -> str | None:
 
 
 def _number(metric: str, value: Any) -> str:
-    """Accuracies as percentages, everything else (TCAV sensitivity, gaps, drops) as a plain number."""
-    return f"{100 * value:.1f} %" if "accuracy" in metric else f"{value:.4g}"
+    """Accuracies as percentages, their gaps and drops in points, everything else (TCAV) as a plain number."""
+    if "accuracy" in metric:
+        return f"{100 * value:.1f} %"
+    if metric.endswith(("_gap", "_drop")):
+        return f"{100 * value:+.1f} pts"
+    return f"{value:.4g}"
 
 
 def _eval_results(info: ModelCardInfo) -> list:
