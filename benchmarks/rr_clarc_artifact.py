@@ -38,7 +38,7 @@ from _common import add_common_arguments, header, write_json  # noqa: E402
 from hf_debias import AClArCConfig, PClArCConfig, RRClArCConfig, compute_cav, get_debias_model
 from hf_debias.cav import pool_activation
 from hf_debias.data import ArtifactSpec, controlled_artifact_arrays, digit_arrays
-from hf_debias.data.artifacts import BUILTIN_DIGITS
+from hf_debias.data.artifacts import BUILTIN_DIGITS, insert_artifact
 from hf_debias.hooks import LayerHook
 from hf_debias.layers import resolve_layer
 from hf_debias.metrics.artifact import cav_alignment, directional_derivatives, model_artifact_accuracy, tcav
@@ -59,6 +59,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--layer", default="stages.3", help="where the CAV lives and the correction acts")
     parser.add_argument("--freeze", default="conv_norm", help="freeze policy of every fine-tuned correction")
     parser.add_argument("--lamb", type=float, default=1000.0, help="RR-ClArC penalty weight")
+    parser.add_argument("--lamb-grid", type=float, nargs="+", default=None,
+                        help="choose RR-ClArC's λ per seed from these values on validation digits (the lower of "
+                             "clean and patched accuracy), instead of --lamb")
+    parser.add_argument("--n-validation", type=int, default=2000, help="validation digits for --lamb-grid")
     parser.add_argument("--finetune-epochs", type=float, default=1.0, help="fine-tuning epochs of the corrections")
     parser.add_argument("--finetune-lr", type=float, default=1e-3, help="fine-tuning learning rate")
     parser.add_argument("--finetune-batch", type=int, default=64, help="fine-tuning batch size")
@@ -66,7 +70,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.quick:
         args.seeds, args.n_train, args.n_test, args.epochs = [0], 1500, 300, 1.0
-        args.finetune_epochs, args.timing_steps = 0.3, 3
+        args.finetune_epochs, args.timing_steps, args.n_validation = 0.3, 3, 200
     return args
 
 
@@ -95,6 +99,14 @@ def evaluate(model, splits, layer: str, cav) -> dict[str, float]:
     result = model_artifact_accuracy(model, x_clean, x_attacked, y_clean)
     result.update(tcav(directional_derivatives(model, layer, cav, x_attacked[:1000], target_class=0)))
     return result
+
+
+def validation_pair(seed: int, args) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+    """Clean and patched copies of validation digits (base digits held out from training and test)."""
+    images, labels = digit_arrays(seed=seed, n_train=10, n_validation=args.n_validation, n_test=10,
+                                  **BUILTIN_DIGITS)["validation"]
+    attacked, _ = insert_artifact(images, ArtifactSpec("patch", size=args.patch_size))
+    return images_to_tensor(images), images_to_tensor(attacked), labels
 
 
 def run_seed(seed: int, args) -> dict:
@@ -136,14 +148,29 @@ def run_seed(seed: int, args) -> dict:
         "A-ClArC": AClArCConfig(cav=cav, freeze=args.freeze),
         "RR-ClArC": RRClArCConfig(cav=cav, lamb=args.lamb, freeze=args.freeze),
     }
-    for name, config in corrections.items():
+    def fine_tuned(name, config):
         model = get_debias_model(copy.deepcopy(vanilla), config)
         if name != "P-ClArC":
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 fit(model, x, y, y, tuned, progress=not args.quick, desc=f"seed {seed}: {name}")
-        rows[name] = evaluate(model, splits, args.layer, cav)
-    return {"rows": rows, "cav_alignment": alignment,
+        return model
+
+    selection = None
+    if args.lamb_grid:  # choose λ on validation digits (clean and attacked), never on the test splits
+        validation = validation_pair(seed, args)
+        scores = {}
+        for lamb in args.lamb_grid:
+            model = fine_tuned(f"RR-ClArC λ={lamb:g}", RRClArCConfig(cav=cav, lamb=lamb, freeze=args.freeze))
+            accuracy = model_artifact_accuracy(model, *validation)
+            scores[lamb] = min(accuracy["clean_accuracy"], accuracy["attacked_accuracy"])
+        chosen = max(scores, key=scores.get)
+        corrections["RR-ClArC"] = RRClArCConfig(cav=cav, lamb=chosen, freeze=args.freeze)
+        selection = {"scores": {f"{lamb:g}": score for lamb, score in scores.items()}, "chosen_lamb": chosen}
+        print(f"seed {seed}: validation min(clean, attacked) per λ {selection['scores']} -> λ={chosen:g}", flush=True)
+    for name, config in corrections.items():
+        rows[name] = evaluate(fine_tuned(name, config), splits, args.layer, cav)
+    return {"rows": rows, "cav_alignment": alignment, "lamb_selection": selection,
             "train_artifact_images": int(artifact.sum()), "vanilla_model": vanilla, "cav": cav, "x": x, "y": y}
 
 
@@ -245,7 +272,8 @@ def main(argv=None) -> dict:
     summary = summarise(per_seed)
     results.update({"summary": summary, "step_time": timing, "cav_throughput": throughput,
                     "per_seed": [{key: value for key, value in seed.items() if key in ("rows", "cav_alignment",
-                                                                                        "train_artifact_images")}
+                                                                                        "train_artifact_images",
+                                                                                        "lamb_selection")}
                                  for seed in per_seed],
                     "seconds": time.time() - started})
     table = markdown(summary, timing, throughput, len(args.seeds))

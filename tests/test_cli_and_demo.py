@@ -149,7 +149,11 @@ def test_cli_train_help_documents_every_option():
 
 
 def test_rr_clarc_benchmark_quick_mode(tmp_path):
-    results = load_benchmark("rr_clarc_artifact").main(["--quick", "--output", str(tmp_path / "rr.json")])
+    results = load_benchmark("rr_clarc_artifact").main(["--quick", "--output", str(tmp_path / "rr.json"),
+                                                        "--lamb-grid", "0", "1000"])
+    selection = results["per_seed"][0]["lamb_selection"]
+    assert set(selection["scores"]) == {"0", "1000"} and selection["chosen_lamb"] in (0.0, 1000.0)
+    assert selection["scores"][f"{selection['chosen_lamb']:g}"] == max(selection["scores"].values())
     rows = results["summary"]["accuracy"]
     assert set(rows) == {"vanilla", "no-shortcut reference", "λ=0 control", "P-ClArC", "A-ClArC", "RR-ClArC"}
     assert all(0.0 <= row["attacked_accuracy"]["mean"] <= 1.0 for row in rows.values())
