@@ -189,3 +189,36 @@ def test_negative_or_non_finite_weights_are_rejected(bad):
         end_penalty(features, targets, bias, alpha=bad)
     with pytest.raises(ValueError, match="beta"):
         end_penalty(features, targets, bias, beta=bad)
+
+
+@pytest.mark.parametrize("pairing", ["all", "reference"])
+def test_one_dominant_target_matches_pairwise_reference(pairing, padded):
+    # One target holds most of the batch: "reference" then takes one B x B block with a same-target condition
+    # instead of padded per-target blocks.
+    features, _, bias = random_batch(11, batch=20)
+    targets = torch.tensor([4] * 17 + [1, 2, 1])
+    assert_matches_reference(features, targets, bias, pairing)
+
+
+def test_zero_feature_row_gets_the_gradient_of_f_normalize():
+    # A zero row is scaled by 1 / eps (as F.normalize), with no radial part; its gradient must match autograd's.
+    features, targets, bias = random_batch(12, batch=8, shape=(5,))
+    features[3] = 0.0
+    ours_x, ref_x = features.clone().requires_grad_(True), features.clone().requires_grad_(True)
+    sum(end_terms(ours_x, targets, bias)).backward()
+    sum(pairwise_end_terms(ref_x, targets, bias, "all")).backward()
+    torch.testing.assert_close(ours_x.grad, ref_x.grad, atol=1e-6, rtol=1e-8)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("pairing", ["all", "reference"])
+def test_cuda_matches_cpu_values_and_gradients(pairing):
+    features, targets, bias = random_batch(13, batch=64, n_targets=5, n_bias=6, gaps=True)
+    cpu_x, cuda_x = features.clone().requires_grad_(True), features.cuda().requires_grad_(True)
+    cpu_terms = end_terms(cpu_x, targets, bias, pairing=pairing)
+    cuda_terms = end_terms(cuda_x, targets.cuda(), bias.cuda(), pairing=pairing)
+    for cpu_value, cuda_value in zip(cpu_terms, cuda_terms):
+        torch.testing.assert_close(cuda_value.cpu(), cpu_value, atol=1e-10, rtol=1e-9)
+    (0.7 * cpu_terms[0] + 1.3 * cpu_terms[1]).backward()
+    (0.7 * cuda_terms[0] + 1.3 * cuda_terms[1]).backward()
+    torch.testing.assert_close(cuda_x.grad.cpu(), cpu_x.grad, atol=1e-10, rtol=1e-8)
