@@ -12,11 +12,17 @@ Results go to a JSON file and a Markdown table (pasted into BENCHMARKS.md).
 
     python benchmarks/end_colour_digits.py                 # full run (~40 min on 2 CPU cores)
     python benchmarks/end_colour_digits.py --quick         # smoke run (~30 s), used by the tests
+
+Runs for different rho / methods are independent (selection happens per rho and method), so they can run as
+separate processes (e.g. one per rho and method on one GPU) and be combined afterwards:
+
+    python benchmarks/end_colour_digits.py --merge part1.json part2.json ... --output all.json
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -143,6 +149,25 @@ def markdown(results: dict) -> str:
     return "\n".join(lines)
 
 
+def merge(paths: list[Path]) -> dict:
+    """Combine result files of separate runs (different rho and/or methods) into one result."""
+    merged: dict = {"merged_from": [], "rhos": {}}
+    for path in paths:
+        part = json.loads(path.read_text())
+        merged["merged_from"].append({"file": path.name, "command": part["command"], "torch": part["torch"],
+                                      "gpu": part.get("gpu"), "minutes": part.get("minutes")})
+        for rho, entry in part["rhos"].items():
+            into = merged["rhos"].setdefault(rho, {"selection": {}, "report": {},
+                                                   "train_conflicting": entry["train_conflicting"]})
+            for key in ("selection", "report"):
+                clash = set(into[key]) & set(entry[key])
+                if clash:
+                    raise SystemExit(f"{path}: rho={rho} {key} {sorted(clash)} is already in another file.")
+                into[key].update(entry[key])
+    merged["rhos"] = dict(sorted(merged["rhos"].items(), key=lambda item: float(item[0])))
+    return merged
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rhos", type=float, nargs="+", default=[0.99, 0.995, 0.997, 0.999],
@@ -163,8 +188,17 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--progress", action="store_true", help="show a progress bar per run")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                         help="where to train (default: cuda when available)")
+    parser.add_argument("--merge", type=Path, nargs="+", metavar="JSON",
+                        help="train nothing: combine these result files (separate rho / method runs) into --output")
     add_common_arguments(parser, "end_colour_digits")  # --quick: one rho, seed and grid point, 2,000 images
     args = parser.parse_args(argv)
+    if args.merge:
+        results = {**header(args), **merge(args.merge)}
+        table = markdown(results)
+        print(table)
+        write_json(args.output, results)
+        args.output.with_suffix(".md").write_text(table + "\n")
+        return results
     if args.quick:
         args.rhos, args.seeds, args.grid, args.epochs = [0.99], [0], "1,1", 0.5
         args.n_train, args.n_validation, args.n_test = 2000, 500, 500

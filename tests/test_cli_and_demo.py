@@ -85,12 +85,22 @@ def load_benchmark(name):
     return module
 
 
-def test_effectiveness_benchmark_quick_mode(tmp_path):
-    results = load_benchmark("end_colour_digits").main(["--quick", "--output", str(tmp_path / "r.json")])
+def test_effectiveness_benchmark_quick_mode_and_merge(tmp_path):
+    benchmark = load_benchmark("end_colour_digits")
+    # Separate processes may run separate methods; --merge combines them into one table.
+    benchmark.main(["--quick", "--methods", "vanilla", "--output", str(tmp_path / "a.json")])
+    benchmark.main(["--quick", "--methods", "end_nf_false", "end_nf_true", "--output", str(tmp_path / "b.json")])
+    results = benchmark.main(["--merge", str(tmp_path / "a.json"), str(tmp_path / "b.json"),
+                              "--output", str(tmp_path / "r.json")])
     entry = results["rhos"]["0.99"]
     assert set(entry["report"]) == {"vanilla", "end_nf_false", "end_nf_true"}
+    assert set(entry["selection"]) == {"normalize_forward=False", "normalize_forward=True"}
     assert 0.0 <= entry["report"]["vanilla"]["unbiased"]["mean"] <= 1.0
     assert "| 0.99 |" in (tmp_path / "r.md").read_text()
+    assert len(json.loads((tmp_path / "r.json").read_text())["merged_from"]) == 2
+    with pytest.raises(SystemExit, match="already in another file"):
+        benchmark.main(["--merge", str(tmp_path / "a.json"), str(tmp_path / "a.json"),
+                        "--output", str(tmp_path / "twice.json")])
 
 
 def test_cli_train_end_to_end_on_colour_digits(tmp_path, capsys):
