@@ -57,6 +57,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--patch-size", type=int, default=None,
                         help="side of the corner patch in pixels (default: the data's own, 20 %% of the side = 4)")
     parser.add_argument("--layer", default="stages.3", help="where the CAV lives and the correction acts")
+    parser.add_argument("--pooling", default="max", choices=("max", "mean"),
+                        help="how the CAV pools the layer's positions (and the alignment's activations)")
     parser.add_argument("--freeze", default="conv_norm", help="freeze policy of every fine-tuned correction")
     parser.add_argument("--lamb", type=float, default=1000.0, help="RR-ClArC penalty weight")
     parser.add_argument("--lamb-grid", type=float, nargs="+", default=None,
@@ -130,12 +132,12 @@ def run_seed(seed: int, args) -> dict:
 
     target = y == 0
     cavs = {"signal": compute_cav(vanilla, args.layer, (x[target], artifact[target]), concept="patch",
-                                  progress=False)}
+                                  pooling=args.pooling, progress=False)}
     for method in FILTER_METHODS:
         cavs[method] = compute_cav(vanilla, args.layer, (x[target], artifact[target]), concept="patch",
-                                   method=method, progress=False)
-    clean_acts = pooled(vanilla, args.layer, splits["test_clean"][0])
-    attacked_acts = pooled(vanilla, args.layer, splits["test_attacked"][0])
+                                   method=method, pooling=args.pooling, progress=False)
+    clean_acts = pooled(vanilla, args.layer, splits["test_clean"][0], args.pooling)
+    attacked_acts = pooled(vanilla, args.layer, splits["test_attacked"][0], args.pooling)
     alignment = {method: {**cav_alignment(cav, clean_acts, attacked_acts), "auc": cav.quality.get("auc")}
                  for method, cav in cavs.items()}
     cav = cavs["signal"]

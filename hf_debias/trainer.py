@@ -10,6 +10,8 @@ per micro-batch: with gradient accumulation the penalty sees ``per_device_train_
 
 from __future__ import annotations
 
+import math
+
 import dataclasses
 import json
 import warnings
@@ -139,7 +141,7 @@ class DebiasTrainer(Trainer):
             trainer_kwargs["compute_metrics"] = self.group_metrics
         super().__init__(model, args, *trainer_args, **trainer_kwargs)
         self.model_accepts_loss_kwargs = False  # transformers < 5.19 reads this instead of loss_is_scaled_for_ga
-        self._loss_part_sums: dict[str, float] = {}
+        self._loss_part_sums: dict[str, torch.Tensor] = {}
         self._loss_part_count = 0
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -162,16 +164,24 @@ class DebiasTrainer(Trainer):
         return (loss, outputs) if return_outputs else loss
 
     def _add_loss_parts(self, **parts: torch.Tensor) -> None:
+        """Sum the parts on their device: reading them every step would make the host wait for the GPU."""
         for key, value in parts.items():
-            self._loss_part_sums[key] = self._loss_part_sums.get(key, 0.0) + float(value.detach())
+            value = value.detach().float()
+            self._loss_part_sums[key] = value if key not in self._loss_part_sums else self._loss_part_sums[key] + value
         self._loss_part_count += 1
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         """Trainer's log, plus the mean loss parts (``ce_loss``, ``penalty``, ``end_r_ortho``...) since the
-        last training log."""
+        last training log. A non-finite part raises: Trainer's NaN filter would otherwise hide it."""
         if "loss" in logs and self._loss_part_count:
             for key, total in self._loss_part_sums.items():
-                logs[key] = round(total / self._loss_part_count, 6)
+                mean = float(total) / self._loss_part_count
+                if not math.isfinite(mean):
+                    raise ValueError(
+                        f"The loss part {key!r} became {mean} in the {self._loss_part_count} steps before step "
+                        f"{self.state.global_step}: the model's features or logits hold NaN or infinite values "
+                        f"(try a lower learning rate, or bf16 instead of fp16).")
+                logs[key] = round(mean, 6)
             self._loss_part_sums, self._loss_part_count = {}, 0
         super().log(logs, start_time)
 

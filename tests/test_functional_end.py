@@ -56,10 +56,10 @@ def assert_matches_reference(features, targets, bias, pairing):
 
 @pytest.fixture(params=[False, True], ids=["cpu_group_buffers", "batch_sized_group_buffers"])
 def padded(request, monkeypatch):
-    """Run a test with group buffers sized as on the CPU and as on a GPU (batch-sized, with empty groups)."""
+    """Run a test as on the CPU and as on a GPU (batch-sized group buffers with empty groups, deferred checks)."""
     import hf_debias.functional.end as end_module
 
-    monkeypatch.setattr(end_module, "_pad_group_buffers", lambda device: request.param)
+    monkeypatch.setattr(end_module, "_host_reads_are_free", lambda device: not request.param)
     return request.param
 
 
@@ -222,3 +222,19 @@ def test_cuda_matches_cpu_values_and_gradients(pairing):
     (0.7 * cpu_terms[0] + 1.3 * cpu_terms[1]).backward()
     (0.7 * cuda_terms[0] + 1.3 * cuda_terms[1]).backward()
     torch.testing.assert_close(cuda_x.grad.cpu(), cpu_x.grad, atol=1e-10, rtol=1e-8)
+
+
+def test_non_finite_features_raise_on_cpu_and_propagate_without_a_wait_on_accelerators(monkeypatch):
+    import hf_debias.functional.end as end_module
+
+    features, targets, bias = random_batch(14, batch=8, shape=(5,))
+    features[2, 1] = float("nan")
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        end_terms(features, targets, bias)
+    # As on a GPU: no host wait; the terms and the gradient carry the NaN (DebiasTrainer raises when logging).
+    monkeypatch.setattr(end_module, "_host_reads_are_free", lambda device: False)
+    x = features.clone().requires_grad_(True)
+    r_ortho, r_par = end_terms(x, targets, bias)
+    assert torch.isnan(r_ortho) and torch.isnan(r_par)
+    (r_ortho + r_par).backward()
+    assert torch.isnan(x.grad).any()

@@ -339,3 +339,15 @@ def test_trainer_push_to_hub_is_one_commit_with_the_card_and_baseline(tmp_path, 
 def test_a_missing_baseline_results_file_fails_at_parse_time(tmp_path):
     with pytest.raises(ValueError, match="baseline_results 'no/such/run' is neither a JSON file nor a run folder"):
         arguments(tmp_path, baseline_results="no/such/run")
+
+
+def test_logged_loss_parts_are_step_means_and_a_non_finite_part_raises(tmp_path):
+    trainer = DebiasTrainer(model=models()["timm"], args=arguments(tmp_path), train_dataset=tiny_dataset())
+    trainer._add_loss_parts(penalty=torch.tensor(1.0), end_r_par=torch.tensor(0.25))
+    trainer._add_loss_parts(penalty=torch.tensor(3.0), end_r_par=torch.tensor(0.75))
+    trainer.log({"loss": 0.5})
+    assert trainer.state.log_history[-1]["penalty"] == 2.0 and trainer.state.log_history[-1]["end_r_par"] == 0.5
+    # On a GPU the penalty does not wait for the device to check its features; the log catches a NaN.
+    trainer._add_loss_parts(penalty=torch.tensor(float("nan")))
+    with pytest.raises(ValueError, match="'penalty' became nan"):
+        trainer.log({"loss": 0.5})
