@@ -51,6 +51,11 @@ def end_terms(
         targets: ``[B]`` integer target labels (any integer values).
         bias_labels: ``[B]`` integer bias labels (any integer values).
         pairing: which same-target, different-bias pairs enter ``r_par``; see ``PAIRINGS``.
+
+    Raises ``ValueError`` for non-finite features on the CPU. On an accelerator the check would make the host
+    wait for the device in every step, so there non-finite features give NaN terms (as PyTorch's losses do);
+    ``DebiasTrainer`` raises when it logs them. ``pairing="reference"`` reads the largest target's size back
+    once per call (a host wait); the default pairing never does.
     """
     check_choice("pairing", pairing, PAIRINGS)
     flat = check_features("features", features, check_finite=False)  # checked once, on the result
