@@ -8,7 +8,9 @@ For every seed:
    (it covers part of the image) when no shortcut was learned.
 3. CAVs at ``--layer`` of the vanilla model from class-0 training images with vs without the patch: signal
    (streamed) and the filter CAVs (svm, ridge, lasso, logistic); their alignment with the true change
-   ``a(x + patch) − a(x)`` on paired clean / attacked test images.
+   ``a(x + patch) − a(x)`` on paired clean / attacked test images. Pooling is ``mean`` by default: the layer
+   is followed by global average pooling and the head, so the spatial mean is what the head reads and the
+   direction the penalty must remove (``--pooling max``, the paper's choice, aligns half as well here).
 4. corrections of the vanilla model with the signal CAV, all fine-tuned the same way (``--freeze``, lr, epochs):
    the λ = 0 control (cross-entropy only), RR-ClArC (λ = ``--lamb``), A-ClArC, and P-ClArC (no training).
 5. clean / attacked accuracy and TCAV (class 0, at the layer, on attacked test images) for every model.
@@ -57,7 +59,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--patch-size", type=int, default=None,
                         help="side of the corner patch in pixels (default: the data's own, 20 %% of the side = 4)")
     parser.add_argument("--layer", default="stages.3", help="where the CAV lives and the correction acts")
-    parser.add_argument("--pooling", default="max", choices=("max", "mean"),
+    parser.add_argument("--pooling", default="mean", choices=("max", "mean"),
                         help="how the CAV pools the layer's positions (and the alignment's activations)")
     parser.add_argument("--freeze", default="conv_norm", help="freeze policy of every fine-tuned correction")
     parser.add_argument("--lamb", type=float, default=1000.0, help="RR-ClArC penalty weight")

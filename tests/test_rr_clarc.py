@@ -218,3 +218,14 @@ class TestBadInput:
             warnings.simplefilter("ignore")
             with pytest.raises(ValueError, match="does not depend on any trainable parameter"):
                 wrapped.train()(torch.randn(2, 3, 2, 2), labels=torch.tensor([0, 1]))
+
+
+@pytest.mark.parametrize("pooling", ["max", "mean"])
+def test_the_linear_head_warning_suggests_mean_pooling_only_for_a_max_pooled_cav(pooling):
+    # After global average pooling the head reads the spatial mean: a max-pooled CAV gets the hint, a mean one not.
+    cav = CAV(torch.randn(6, generator=torch.Generator().manual_seed(0)), concept="test", layer="0", pooling=pooling)
+    wrapped = get_debias_model(pooled_linear_model(), RRClArCConfig(layer="0", cav=cav, freeze="none"))
+    with pytest.warns(UserWarning, match="Only linear operations") as caught:
+        wrapped.train()(torch.randn(3, 3, 4, 4), labels=torch.zeros(3, dtype=torch.long))
+    hints = [str(w.message) for w in caught if "pooling='mean'" in str(w.message)]
+    assert bool(hints) == (pooling == "max")
