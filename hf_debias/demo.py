@@ -139,8 +139,9 @@ def run_rrclarc_demo(settings: DemoSettings, log=print) -> dict[str, dict[str, f
     fit(vanilla, x, y, y, FitConfig(epochs=settings.epochs, seed=settings.seed), progress=settings.progress,
         desc="training vanilla")
     in_class = y == 0
+    # Mean pooling: only global average pooling and the head follow the layer, so the mean is what the head reads.
     cav = compute_cav(vanilla, settings.rrclarc_layer, (x[in_class], artifact[in_class]), concept="corner patch",
-                      progress=False)
+                      pooling="mean", progress=False)
     log(f"  {cav}")
     tuned = FitConfig(epochs=settings.finetune_epochs, lr=1e-3, batch_size=64, seed=settings.seed)
     models = {"vanilla": vanilla}
