@@ -1,11 +1,12 @@
 """One-off probe (GPU): where the EnD penalty's time goes in a small training step after the fused backward."""
+import sys
 import time
 
-import timm
 import torch
-import torch.nn.functional as F
 
-from hf_debias import EnDConfig, get_debias_model
+sys.path.insert(0, "benchmarks")
+import end_speed  # noqa: E402
+
 from hf_debias.functional import end_penalty
 from hf_debias.functional.end import _EnDTerms, _Groups
 
@@ -49,27 +50,6 @@ events = prof.key_averages()
 print("CUDA kernels per fwd+bwd:", sum(e.count for e in events if e.device_type.name == "CUDA") / 10)
 print(events.table(sort_by="cpu_time_total", row_limit=25, max_name_column_width=50))
 
-torch.manual_seed(0)
-x = torch.randn(64, 3, 64, 64).cuda()
-vanilla = timm.create_model("resnet18", num_classes=10).cuda()
-debiased = get_debias_model(timm.create_model("resnet18", num_classes=10).cuda(), EnDConfig())
-opts = {"v": torch.optim.Adam(vanilla.parameters(), 1e-4), "e": torch.optim.Adam(debiased.parameters(), 1e-4)}
-
-
-def vanilla_step():
-    loss = F.cross_entropy(vanilla(x), y)
-    opts["v"].zero_grad(set_to_none=True)
-    loss.backward()
-    opts["v"].step()
-
-
-def end_step():
-    loss = debiased(x, labels=y, bias_labels=b).loss
-    opts["e"].zero_grad(set_to_none=True)
-    loss.backward()
-    opts["e"].step()
-
-
-for _ in range(3):
-    timed("resnet18 vanilla step", vanilla_step, 50)
-    timed("resnet18 EnD step", end_step, 50)
+for _ in range(3):  # the same side-by-side step comparison as end_speed.py, repeated
+    step = end_speed.training_step_benchmark("resnet18", 64, 64, 50, torch.device("cuda"))
+    print(f"resnet18 step, batch 64 at 64 px: {step['seconds']} -> {step['overhead_percent']:+.2f} %")
