@@ -10,10 +10,9 @@ per micro-batch: with gradient accumulation the penalty sees ``per_device_train_
 
 from __future__ import annotations
 
-import math
-
 import dataclasses
 import json
+import math
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path

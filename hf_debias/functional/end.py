@@ -58,7 +58,7 @@ def end_terms(
     once per call (a host wait); the default pairing never does.
     """
     check_choice("pairing", pairing, PAIRINGS)
-    flat = check_features("features", features, check_finite=False)  # checked once, on the result
+    flat = check_features("features", features, check_finite=False)  # the result is checked instead
     batch_size = flat.shape[0]
     targets = check_label_tensor("targets", targets, batch_size).to(flat.device)
     bias_labels = check_label_tensor("bias_labels", bias_labels, batch_size).to(flat.device)
