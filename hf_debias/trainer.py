@@ -194,7 +194,8 @@ class DebiasTrainer(Trainer):
         if bias_labels is None:
             return {"accuracy": float((predictions == np.asarray(labels)).mean())}
         result = group_accuracy(predictions, labels, bias_labels, aligned_bias=self.aligned_bias)
-        return {key: value for key, value in result.items() if isinstance(value, float)}
+        # Numbers only (the "y=..,b=.." dicts and the worst group's name are in the flat group_* keys)
+        return {key: value for key, value in result.items() if isinstance(value, (int, float))}
 
     # ------------------------------------------------------------------ saving, loading, pushing
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:

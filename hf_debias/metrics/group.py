@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 
 import numpy as np
@@ -43,6 +44,11 @@ def group_accuracy(
         ``worst_group`` (``"y=..,b=.."``), ``group_accuracy`` and ``group_size`` (dicts keyed ``"y=..,b=.."``),
         and with ``aligned_bias``: ``bias_aligned_accuracy``, ``bias_conflicting_accuracy`` (means over the
         aligned / conflicting groups) and ``bias_gap`` (aligned minus conflicting).
+
+        The same per group as flat numbers, for logs and ``eval_results.json`` (read them back with
+        ``groups_from_metrics``): ``group_{label}_{bias}_accuracy`` (float), ``group_{label}_{bias}_count`` (int),
+        with ``aligned_bias`` also ``group_{label}_{bias}_aligned`` (bool); and ``worst_group_label``,
+        ``worst_group_bias``, ``worst_group_count`` (ints) for the worst group.
     """
     predictions = np.asarray(predictions.detach().cpu() if hasattr(predictions, "detach") else predictions)
     if predictions.ndim == 2:
@@ -73,12 +79,20 @@ def group_accuracy(
         "worst_group": keys[worst],
         "group_accuracy": {key: float(acc) for key, acc in zip(keys, accuracies)},
         "group_size": {key: int(size) for key, size in zip(keys, sizes)},
+        "worst_group_label": int(groups[worst, 0]),
+        "worst_group_bias": int(groups[worst, 1]),
+        "worst_group_count": int(sizes[worst]),
     }
+    for (label, bias), accuracy, size in zip(groups.tolist(), accuracies.tolist(), sizes.tolist()):
+        result[f"group_{label}_{bias}_accuracy"] = float(accuracy)
+        result[f"group_{label}_{bias}_count"] = int(size)
     if aligned_bias is not None:
         if aligned_bias == ALIGNED_IDENTITY:
             is_aligned = groups[:, 0] == groups[:, 1]
         else:
             is_aligned = np.array([aligned_bias.get(int(y)) == int(b) for y, b in groups])
+        for (label, bias), aligned_group in zip(groups.tolist(), is_aligned.tolist()):
+            result[f"group_{label}_{bias}_aligned"] = bool(aligned_group)
         aligned = float(accuracies[is_aligned].mean()) if is_aligned.any() else float("nan")
         conflicting = float(accuracies[~is_aligned].mean()) if (~is_aligned).any() else float("nan")
         result.update(bias_aligned_accuracy=aligned, bias_conflicting_accuracy=conflicting,
@@ -97,3 +111,54 @@ def infer_aligned_bias(labels: object, bias_labels: object) -> dict[int, int]:
         if count > best.get(label, -1):
             aligned[label], best[label] = bias, count
     return aligned
+
+
+_GROUP_KEY = re.compile(r"group_(-?\d+)_(-?\d+)_(accuracy|count|aligned)")
+GROUP_STRUCTURE_SUFFIXES = ("_count", "_aligned", "worst_group_label", "worst_group_bias")
+"""Endings of the flat keys that describe the groups (sizes, ids, alignment) rather than measure the model."""
+
+
+def is_group_structure_key(key: str) -> bool:
+    """True for ``group_*_count``, ``group_*_aligned``, ``worst_group_label/bias/count``: not model metrics."""
+    return key.endswith(GROUP_STRUCTURE_SUFFIXES)
+
+
+def groups_from_metrics(metrics: Mapping[str, object], prefix: str = "") -> list[dict[str, object]]:
+    """The per-group rows in a flat metrics dict (``group_accuracy``'s result, ``DebiasTrainer``'s eval metrics,
+    ``eval_results.json``), sorted by (label, bias).
+
+    Args:
+        metrics: flat ``{key: value}``; keys ``{prefix}group_{label}_{bias}_accuracy`` / ``_count`` /
+            ``_aligned`` are read, everything else is ignored.
+        prefix: what precedes ``group_`` (``"eval_"``, ``"eval_validation_"``); only keys with exactly this
+            prefix are read.
+
+    Returns:
+        ``[{"label": int, "bias": int, "accuracy": float, "count": int, "aligned": bool | None}, ...]``;
+        ``aligned`` is None where the metrics do not say (no aligned bias known).
+
+    Raises:
+        ValueError: a group with an accuracy but no count (or the reverse), or a value of the wrong type.
+    """
+    rows: dict[tuple[int, int], dict[str, object]] = {}
+    for key, value in metrics.items():
+        if not isinstance(key, str) or not key.startswith(prefix):
+            continue
+        match = _GROUP_KEY.fullmatch(key[len(prefix):])
+        if match is None:
+            continue
+        label, bias, field = int(match[1]), int(match[2]), match[3]
+        valid = isinstance(value, bool) if field == "aligned" else (
+            isinstance(value, (int, float)) and not isinstance(value, bool))
+        if not valid or (field == "count" and float(value) != int(value)):
+            raise ValueError(f"Metric {key!r} must be {'a bool' if field == 'aligned' else 'a number'}"
+                             f"{' (an integer)' if field == 'count' else ''}, got {value!r}.")
+        rows.setdefault((label, bias), {"label": label, "bias": bias, "aligned": None})[field] = value
+    for (label, bias), row in rows.items():
+        missing = [name for name in ("accuracy", "count") if name not in row]
+        if missing:
+            raise ValueError(f"Group (label {label}, bias {bias}) has no {prefix}group_{label}_{bias}_"
+                             f"{missing[0]} in the metrics.")
+        row["accuracy"], row["count"] = float(row["accuracy"]), int(row["count"])
+    return [{name: row[name] for name in ("label", "bias", "accuracy", "count", "aligned")}
+            for _, row in sorted(rows.items())]
