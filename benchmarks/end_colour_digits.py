@@ -36,7 +36,7 @@ from _common import add_common_arguments, header, write_json  # noqa: E402
 from hf_debias import EnDConfig, get_debias_model
 from hf_debias.data import colour_digits_arrays
 from hf_debias.metrics import group_accuracy
-from hf_debias.training import FitConfig, fit, images_to_tensor, predict
+from hf_debias.fit_loop import FitConfig, fit, images_to_tensor, predict
 
 PAPER_END = {0.999: 52.3, 0.997: 83.7, 0.995: 93.9, 0.99: 96.0}
 PAPER_VANILLA = {0.999: 10.4, 0.997: 33.4, 0.995: 72.1, 0.99: 89.1}

@@ -44,7 +44,7 @@ from hf_debias.data.artifacts import BUILTIN_DIGITS, insert_artifact
 from hf_debias.hooks import LayerHook
 from hf_debias.layers import resolve_layer
 from hf_debias.metrics.artifact import cav_alignment, directional_derivatives, model_artifact_accuracy, tcav
-from hf_debias.training import FitConfig, fit, images_to_tensor, predict
+from hf_debias.fit_loop import FitConfig, fit, images_to_tensor, predict
 
 FILTER_METHODS = ("svm", "ridge", "lasso", "logistic")
 

@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from hf_debias import EnDConfig, get_debias_model
 from hf_debias.data import colour_digits_arrays
-from hf_debias.training import images_to_tensor
+from hf_debias.fit_loop import images_to_tensor
 
 
 def main() -> None:

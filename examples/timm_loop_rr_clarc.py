@@ -18,7 +18,7 @@ import torch
 from hf_debias import RRClArCConfig, compute_cav, get_debias_model
 from hf_debias.data import controlled_artifact_arrays
 from hf_debias.metrics import model_artifact_accuracy
-from hf_debias.training import FitConfig, fit, images_to_tensor
+from hf_debias.fit_loop import FitConfig, fit, images_to_tensor
 
 
 def main(argv=None) -> dict[str, dict[str, float]]:

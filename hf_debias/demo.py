@@ -28,7 +28,7 @@ from .methods import EnDConfig, RRClArCConfig
 from .metrics import directional_derivatives, group_accuracy, model_artifact_accuracy, tcav
 from .model import get_debias_model
 from .report import format_table, write_report
-from .training import FitConfig, fit, images_to_tensor, predict
+from .fit_loop import FitConfig, fit, images_to_tensor, predict
 
 
 @dataclass

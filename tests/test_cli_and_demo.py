@@ -140,7 +140,7 @@ def test_cli_train_push_to_hub_pushes_one_commit_with_a_card(tmp_path, monkeypat
 def test_cli_train_help_documents_every_option():
     from transformers import HfArgumentParser
 
-    from hf_debias.finetune import DataArguments, ModelArguments
+    from hf_debias.cli.train import DataArguments, ModelArguments
     from hf_debias.trainer import DebiasTrainingArguments
 
     parser = HfArgumentParser((ModelArguments, DataArguments, DebiasTrainingArguments))

@@ -34,7 +34,7 @@ def artifact_accuracy(predictions, references, attacked) -> dict[str, float]:
 def model_artifact_accuracy(model: nn.Module, clean_images: torch.Tensor, attacked_images: torch.Tensor,
                             labels, *, batch_size: int = 1024) -> dict[str, float]:
     """``artifact_accuracy`` of ``model`` on paired clean / attacked images (the same images, same labels)."""
-    from ..training import predict
+    from ..fit_loop import predict
 
     labels = np.asarray(labels).reshape(-1)
     predictions = np.concatenate([predict(model, clean_images, batch_size), predict(model, attacked_images,

@@ -9,14 +9,27 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+from ..cav import CAV_METHODS, POOLINGS
 
-from .cav import CAV_METHODS, POOLINGS, compute_cav
-from .loading import load_classifier
+if TYPE_CHECKING:
+    import torch
 
 CONTROLLED_ARTIFACT = "controlled-artifact"
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "cav",
+        help="compute a bias CAV from a dataset with a concept column or from two image folders",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_arguments(parser)
+    parser.set_defaults(handler=run)
+    return parser
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -62,6 +75,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..cav import compute_cav
+    from ..loading import load_classifier
+
     model = load_classifier(args.model, num_classes=args.num_classes, pretrained=args.pretrained)
     if args.checkpoint:
         load_checkpoint(model, args.checkpoint)
@@ -107,7 +125,7 @@ def concept_data(args: argparse.Namespace, model: torch.nn.Module):
                                                                                                    datasets.Image())
     else:
         if args.dataset == CONTROLLED_ARTIFACT:
-            from .data import build_controlled_artifact
+            from ..data import build_controlled_artifact
 
             dataset = build_controlled_artifact()[args.split]  # the same data as `hf-debias train --dataset ...`
         elif Path(args.dataset).is_dir():

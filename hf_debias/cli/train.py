@@ -9,17 +9,15 @@ The flags are ``ModelArguments``, ``DataArguments`` and every ``TrainingArgument
 
 from __future__ import annotations
 
+import argparse
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
-import torch
-
-from .loading import image_transform_for, load_classifier
-from .report import format_table
-from .trainer import DebiasTrainer, DebiasTrainingArguments
+if TYPE_CHECKING:  # the command's parser is built without importing torch / transformers
+    from ..trainer import DebiasTrainingArguments
 
 COLOUR_DIGITS = "colour-digits"
 CONTROLLED_ARTIFACT = "controlled-artifact"
@@ -58,7 +56,7 @@ def load_data(data_args: DataArguments, bias_column: str):
     import datasets
 
     if data_args.dataset == COLOUR_DIGITS:
-        from .data import build_colour_digits
+        from ..data import build_colour_digits
 
         splits = build_colour_digits(data_args.rho, n_train=data_args.colour_digits_train_size,
                                      n_validation=1000, n_test=5000, image_size=16)
@@ -66,7 +64,7 @@ def load_data(data_args: DataArguments, bias_column: str):
         if bias_column != "bias_labels":
             splits = splits.rename_column("bias_labels", bias_column)
     elif data_args.dataset == CONTROLLED_ARTIFACT:
-        from .data import build_controlled_artifact
+        from ..data import build_controlled_artifact
 
         splits = build_controlled_artifact()
         default_eval = "test_clean,test_attacked"
@@ -131,6 +129,12 @@ def _attach_bias_csv(splits, csv_path: str, bias_column: str):
 
 def run_training(model_args: ModelArguments, data_args: DataArguments, training_args: DebiasTrainingArguments):
     """Fine-tune, evaluate, save; returns the trainer and the final eval metrics."""
+    import numpy as np
+    import torch
+
+    from ..loading import image_transform_for, load_classifier
+    from ..trainer import DebiasTrainer
+
     train, evaluation = load_data(data_args, training_args.bias_label_column)
     num_labels = len(set(train["labels"]))
     model = load_classifier(model_args.model_name_or_path, num_classes=num_labels, pretrained=model_args.pretrained)
@@ -167,8 +171,27 @@ def run_training(model_args: ModelArguments, data_args: DataArguments, training_
     return trainer, metrics
 
 
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    train = subparsers.add_parser(
+        "train", add_help=False,
+        help="fine-tune a classifier with DebiasTrainer; `--debias end` turns EnD on (see `hf-debias train --help`)",
+    )
+    train.add_argument("arguments", nargs=argparse.REMAINDER,
+                       help="model, data and Trainer flags; `hf-debias train --help` lists them all")
+    train.set_defaults(handler=run)
+    return train
+
+
+def run(args: argparse.Namespace) -> int:
+    arguments = args.arguments[1:] if args.arguments[:1] == ["--"] else args.arguments
+    return main(arguments)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from transformers import HfArgumentParser
+
+    from ..report import format_table
+    from ..trainer import DebiasTrainingArguments
 
     parser = HfArgumentParser((ModelArguments, DataArguments, DebiasTrainingArguments), prog="hf-debias train",
                               description=__doc__)
