@@ -2,154 +2,236 @@
 
 The flags are ``ModelArguments``, ``DataArguments`` and every ``TrainingArguments`` flag plus the debias ones
 (``DebiasTrainingArguments``), parsed by ``HfArgumentParser`` exactly as in the transformers example scripts.
+The data is the built-in ``colour-digits`` / ``controlled-artifact``, or any layout that
+``hf_debias.data.load_image_dataset`` reads (class folders, a metadata table, Waterbirds, CelebA, a Hub dataset).
+Training uses the ``train`` split only; ``--eval_split`` picks the evaluation splits (default ``validation``, else
+``test``). The end prints one group table per eval split and writes ``report.json`` / ``report.png``.
 
-    hf-debias train --model_name_or_path resnet18 --dataset colour-digits --output_dir out \\
-        --debias end --end_alpha 10 --num_train_epochs 3 --use_cpu
+    hf-debias train --model_name_or_path resnet18 --dataset waterbird_complete95_forest2water2 \\
+        --label_column y --bias_label_column place --output_dir out --debias end --num_train_epochs 3
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # the command's parser is built without importing torch / transformers
-    from ..trainer import DebiasTrainingArguments
+    import datasets
+
+    from ..trainer import DebiasTrainer, DebiasTrainingArguments
 
 COLOUR_DIGITS = "colour-digits"
 CONTROLLED_ARTIFACT = "controlled-artifact"
+BUILT_IN_EVAL = {COLOUR_DIGITS: ["test_unbiased"], CONTROLLED_ARTIFACT: ["test_clean", "test_attacked"]}
+BIAS_COLUMN = "bias_labels"
+"""The column the bias ends up in, whatever the source calls it (``--bias_label_column`` names the source)."""
+
+logger = logging.getLogger("hf_debias")
 
 
 @dataclass
 class ModelArguments:
     model_name_or_path: str = field(default="simple_convnet", metadata={
-        "help": "a timm model name, an hf-hub:/local-dir: timm id, or a transformers model id or folder"})
+        "help": "a timm model name, an hf-hub:/local-dir: timm id, a timm repo or folder, or a transformers model "
+                "id or folder"})
     pretrained: bool = field(default=False, metadata={
         "help": "load pretrained weights for a timm architecture name (Hub ids and folders always load theirs)"})
+    model_revision: str | None = field(default=None, metadata={"help": "Hub revision of the model repo"})
 
 
 @dataclass
 class DataArguments:
     dataset: str = field(default=COLOUR_DIGITS, metadata={
-        "help": "'colour-digits' or 'controlled-artifact' (built in, offline), a Hugging Face dataset id, or a "
-                "local image folder (class sub-folders, as datasets' imagefolder)"})
-    image_column: str = field(default="image", metadata={"help": "column with the images"})
-    label_column: str = field(default="labels", metadata={"help": "column with the integer class labels"})
+        "help": "'colour-digits' or 'controlled-artifact' (built in, offline), a folder (class sub-folders, with "
+                "or without split folders; a metadata table; Waterbirds or CelebA as downloaded; a Hub dataset "
+                "repo clone), a metadata table file, or a Hugging Face dataset id. The bias column is "
+                "--bias_label_column"})
+    label_column: str | None = field(default=None, metadata={
+        "help": "column (or CelebA attribute) with the class; default: label / labels / y, or the class folders"})
+    image_column: str | None = field(default=None, metadata={
+        "help": "column with the image or its path; default: found among file_name, img_filename, image_id, "
+                "image, path, filepath"})
+    split_column: str | None = field(default=None, metadata={
+        "help": "column naming each row's split (train / val / test or 0 / 1 / 2); default 'split' when present, "
+                "'none' for no split column"})
     bias_csv: str | None = field(default=None, metadata={
-        "help": "CSV with columns 'file_name' and the bias column, giving image folders their bias labels"})
-    train_split: str = field(default="train", metadata={"help": "split to train on"})
+        "help": "table of per-image bias labels, matched by the path relative to the dataset folder"})
+    dataset_revision: str | None = field(default=None, metadata={"help": "Hub revision of a dataset id"})
     eval_split: str | None = field(default=None, metadata={
         "help": "split(s) to evaluate on, comma-separated (default: test_unbiased for colour-digits, "
-                "test_clean,test_attacked for controlled-artifact, else validation or test if present)"})
+                "test_clean,test_attacked for controlled-artifact, else validation, else test)"})
     max_train_samples: int | None = field(default=None, metadata={"help": "use only the first N training samples"})
     max_eval_samples: int | None = field(default=None, metadata={"help": "use only the first N evaluation samples"})
+    augment: bool = field(default=True, metadata={
+        "help": "training augmentation from the model's data config (timm's create_transform(is_training=True); "
+                "random-resized crop and flip for transformers models); --no_augment: the eval transform"})
+    image_size: int | None = field(default=None, metadata={
+        "help": "train and evaluate at N x N pixels (also img_size=N for timm models that take it, e.g. ViTs); "
+                "default: the model's own input size"})
     rho: float = field(default=0.99, metadata={"help": "colour-digits: bias strength of the training split"})
     colour_digits_train_size: int = field(default=60_000, metadata={"help": "colour-digits: training images"})
 
 
-def load_data(data_args: DataArguments, bias_column: str):
-    """The train ``datasets.Dataset`` (``image``, ``labels``, the bias column) and the eval dataset, a dict of
-    them when several eval splits are asked for, or ``None``."""
-    import datasets
+@dataclass
+class TrainingData:
+    """What ``load_data`` returns: the train split, the eval splits by name, and the names of the classes and of
+    the bias values (``None`` where the source has none)."""
 
-    if data_args.dataset == COLOUR_DIGITS:
-        from ..data import build_colour_digits
+    train: datasets.Dataset
+    evaluation: dict[str, datasets.Dataset]
+    num_classes: int
+    class_names: list[str] | None
+    bias_names: list[str] | None
 
-        splits = build_colour_digits(data_args.rho, n_train=data_args.colour_digits_train_size,
-                                     n_validation=1000, n_test=5000, image_size=16)
-        default_eval = "test_unbiased"
-        if bias_column != "bias_labels":
-            splits = splits.rename_column("bias_labels", bias_column)
-    elif data_args.dataset == CONTROLLED_ARTIFACT:
-        from ..data import build_controlled_artifact
 
-        splits = build_controlled_artifact()
-        default_eval = "test_clean,test_attacked"
-    elif Path(data_args.dataset).is_dir():
-        splits = datasets.load_dataset("imagefolder", data_dir=data_args.dataset)
-        if data_args.bias_csv:
-            splits = _attach_bias_csv(splits, data_args.bias_csv, bias_column)
-        default_eval = None
+def load_data(data_args: DataArguments, bias_label_column: str | None = None) -> TrainingData:
+    """The ``train`` split and the eval splits, with the columns ``image``, ``labels`` and, when there is a bias,
+    ``bias_labels`` (read from the source column ``bias_label_column``; ``None`` or ``"bias_labels"``: the
+    source's ``bias_labels`` if it has one)."""
+    source_bias = None if bias_label_column in (None, BIAS_COLUMN) else bias_label_column
+    if data_args.dataset in BUILT_IN_EVAL:
+        splits = _built_in(data_args, source_bias)
     else:
-        splits = datasets.load_dataset(data_args.dataset)
-        default_eval = None
+        from ..data.image_dataset import load_image_dataset
+
+        splits = load_image_dataset(data_args.dataset, label_column=data_args.label_column,
+                                    bias_label_column=source_bias, split_column=data_args.split_column,
+                                    image_column=data_args.image_column, bias_csv=data_args.bias_csv,
+                                    revision=data_args.dataset_revision)
     names = list(splits)
-    if data_args.train_split not in splits:
-        raise ValueError(f"Split {data_args.train_split!r} not in {data_args.dataset!r}; its splits are {names}.")
-    eval_split = data_args.eval_split or default_eval or next(
-        (name for name in ("validation", "test") if name in splits), None)
-    eval_names = eval_split.split(",") if eval_split else []
-    for name in eval_names:
-        if name not in splits:
-            raise ValueError(f"Split {name!r} not in {data_args.dataset!r}; its splits are {names}.")
-    renames = {data_args.image_column: "image", data_args.label_column: "labels"}
-    if "label" in splits[data_args.train_split].column_names and data_args.label_column == "labels" and \
-            "labels" not in splits[data_args.train_split].column_names:
-        renames["label"] = "labels"  # imagefolder and many Hub datasets call it "label"
-    train, evaluation = splits[data_args.train_split], {name: splits[name] for name in eval_names}
-    for old, new in renames.items():
-        if old != new and old in train.column_names:
-            train = train.rename_column(old, new)
-            evaluation = {name: split.rename_column(old, new) for name, split in evaluation.items()}
+    if "train" not in splits:
+        raise ValueError(f"{data_args.dataset!r} has no 'train' split; its splits are {names}.")
+    eval_names = _eval_split_names(data_args, names)
+    keep = [column for column in ("image", "labels", BIAS_COLUMN) if column in splits["train"].column_names]
     for column in ("image", "labels"):
-        if column not in train.column_names:
-            raise ValueError(f"The training split has no {column!r} column (columns: {train.column_names}); "
-                             f"use --{column.rstrip('s')}_column.")
+        if column not in keep:
+            raise ValueError(f"The training split of {data_args.dataset!r} has no {column!r} column; it has "
+                             f"{splits['train'].column_names}.")
+    splits = splits.select_columns(keep)
+    labels = splits["train"].features["labels"]
+    if hasattr(labels, "num_classes"):  # a ClassLabel: the classes of the whole dataset, not of one split
+        num_classes, class_names = labels.num_classes, list(labels.names)
+    else:
+        num_classes, class_names = 1 + max(max(split["labels"]) for split in splits.values() if len(split)), None
+    bias = splits["train"].features.get(BIAS_COLUMN)
+    bias_names = list(bias.names) if hasattr(bias, "names") else None
+    train = splits["train"]
+    evaluation = {name: splits[name] for name in eval_names}
     if data_args.max_train_samples:
         train = train.select(range(min(data_args.max_train_samples, len(train))))
     if data_args.max_eval_samples:
         evaluation = {name: split.select(range(min(data_args.max_eval_samples, len(split))))
                       for name, split in evaluation.items()}
-    if len(evaluation) <= 1:  # one split: plain eval_* metrics; several: eval_<split>_*
-        evaluation = next(iter(evaluation.values()), None)
-    return train, evaluation
+    if len(train) == 0:
+        raise ValueError(f"The training split of {data_args.dataset!r} is empty.")
+    return TrainingData(train, evaluation, num_classes, class_names, bias_names)
 
 
-def _attach_bias_csv(splits, csv_path: str, bias_column: str):
-    import csv
+def _built_in(data_args: DataArguments, source_bias: str | None):
+    given = [f"--{name}" for name in ("label_column", "image_column", "split_column", "bias_csv",
+                                      "dataset_revision") if getattr(data_args, name) is not None]
+    if given:
+        warnings.warn(f"{', '.join(given)} does not apply to the built-in {data_args.dataset!r}; ignored.",
+                      stacklevel=3)
+    if data_args.dataset == COLOUR_DIGITS:
+        from ..data import build_colour_digits
 
-    with open(csv_path, newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    if not rows or "file_name" not in rows[0] or bias_column not in rows[0]:
-        raise ValueError(f"{csv_path} must have the columns 'file_name' and {bias_column!r}; it has "
-                         f"{list(rows[0]) if rows else 'no rows'}.")
-    bias_of = {Path(row["file_name"]).name: int(row[bias_column]) for row in rows}
+        splits = build_colour_digits(data_args.rho, n_train=data_args.colour_digits_train_size,
+                                     n_validation=1000, n_test=5000, image_size=16)
+    else:
+        from ..data import build_controlled_artifact
 
-    def add_bias(example):
-        name = Path(example["image"].filename).name
-        if name not in bias_of:
-            raise ValueError(f"{name} has no row in {csv_path}.")
-        return {bias_column: bias_of[name]}
+        splits = build_controlled_artifact()
+    if source_bias is not None:
+        columns = splits["train"].column_names
+        if source_bias not in columns:
+            raise ValueError(f"--bias_label_column {source_bias!r}: {data_args.dataset!r} has no such column; its "
+                             f"columns are {columns}.")
+        splits = splits.remove_columns([c for c in (BIAS_COLUMN,) if c in columns]).rename_column(
+            source_bias, BIAS_COLUMN)
+    return splits
 
-    return splits.map(add_bias)
+
+def _eval_split_names(data_args: DataArguments, names: list[str]) -> list[str]:
+    if data_args.eval_split:
+        chosen = [name.strip() for name in data_args.eval_split.split(",") if name.strip()]
+        for name in chosen:
+            if name not in names:
+                raise ValueError(f"--eval_split {name!r}: {data_args.dataset!r} has no such split; its splits "
+                                 f"are {names}.")
+        return chosen
+    default = BUILT_IN_EVAL.get(data_args.dataset) or next(([name] for name in ("validation", "test")
+                                                           if name in names), [])
+    if default:
+        logger.info("Evaluating on the %s split%s (--eval_split chooses among %s).", ", ".join(default),
+                    "s" if len(default) > 1 else "", ", ".join(n for n in names if n != "train") or "none")
+    else:
+        warnings.warn(f"{data_args.dataset!r} has no validation or test split (splits: {names}): nothing is "
+                      "evaluated. Pass --eval_split, or give the data a split column or split folders.",
+                      stacklevel=3)
+    return default
 
 
-def run_training(model_args: ModelArguments, data_args: DataArguments, training_args: DebiasTrainingArguments):
-    """Fine-tune, evaluate, save; returns the trainer and the final eval metrics."""
+def build_model_and_transforms(model_args: ModelArguments, data_args: DataArguments, data: TrainingData):
+    """The classifier (class names stored in it), its image processor for transformers models (``None`` for timm
+    models) and the training / evaluation transforms."""
+    from ..data.transforms import train_eval_transforms
+    from ..loading import load_classifier, load_image_processor
+
+    model = load_classifier(model_args.model_name_or_path, num_classes=data.num_classes,
+                            pretrained=model_args.pretrained, img_size=data_args.image_size,
+                            class_names=data.class_names, revision=model_args.model_revision)
+    processor = None
+    if not isinstance(getattr(model, "pretrained_cfg", None), dict):  # a transformers model: its image processor
+        try:
+            processor = load_image_processor(model_args.model_name_or_path, revision=model_args.model_revision)
+        except OSError as err:
+            raise ValueError(f"{model_args.model_name_or_path!r} has no image processor (preprocessor_config.json), "
+                             f"so hf_debias cannot tell how to prepare its images: {err}") from err
+        if data_args.image_size is not None:
+            _resize_processor(processor, data_args.image_size)
+    train_transform, eval_transform = train_eval_transforms(
+        model, model_args.model_name_or_path, augment=data_args.augment, image_size=data_args.image_size,
+        processor=processor)
+    return model, processor, train_transform, eval_transform
+
+
+def _resize_processor(processor, size: int) -> None:
+    """Make the saved image processor produce ``size x size`` images, as the model was trained."""
+    current = getattr(processor, "size", None)
+    shortest = current.get("shortest_edge") if isinstance(current, dict) else getattr(current, "shortest_edge", None)
+    processor.size = {"shortest_edge": size} if shortest else {"height": size, "width": size}
+    if getattr(processor, "do_center_crop", False):
+        processor.crop_size = {"height": size, "width": size}
+
+
+def run_training(model_args: ModelArguments, data_args: DataArguments, training_args: DebiasTrainingArguments,
+                 ) -> tuple[DebiasTrainer, dict[str, float], TrainingData]:
+    """Fine-tune on the train split, evaluate, save; returns the trainer, the final eval metrics and the data."""
     import numpy as np
     import torch
 
-    from ..loading import image_transform_for, load_classifier
     from ..trainer import DebiasTrainer
 
-    train, evaluation = load_data(data_args, training_args.bias_label_column)
-    num_labels = len(set(train["labels"]))
-    model = load_classifier(model_args.model_name_or_path, num_classes=num_labels, pretrained=model_args.pretrained)
-    to_pixels = image_transform_for(model, model_args.model_name_or_path)
-    keep = ("labels", training_args.bias_label_column)
-
-    def transform(batch):
-        out = {"pixel_values": to_pixels(batch["image"])}
-        out.update({key: batch[key] for key in keep if key in batch})
-        return out
-
-    train.set_transform(transform)
-    for split in (evaluation.values() if isinstance(evaluation, dict) else [evaluation] if evaluation else []):
-        split.set_transform(transform)
+    data = load_data(data_args, training_args.bias_label_column)
+    model, processor, train_transform, eval_transform = build_model_and_transforms(model_args, data_args, data)
+    training_args.bias_label_column = BIAS_COLUMN  # --bias_label_column named the source column; this is ours
     training_args.remove_unused_columns = False  # the transform produces exactly the columns the model needs
+    keep = ("labels", BIAS_COLUMN)
+
+    def transform_with(to_pixels):
+        def transform(batch):
+            out = {"pixel_values": to_pixels(batch["image"])}
+            out.update({key: batch[key] for key in keep if key in batch})
+            return out
+        return transform
 
     def collate(rows):
         batch = {"pixel_values": torch.stack([row["pixel_values"] for row in rows])}
@@ -160,15 +242,84 @@ def run_training(model_args: ModelArguments, data_args: DataArguments, training_
 
     if training_args.card_dataset is None:
         training_args.card_dataset = data_args.dataset
-    trainer = DebiasTrainer(model=model, args=training_args, train_dataset=train, eval_dataset=evaluation,
-                            data_collator=collate)
+    evaluation = data.evaluation
+    eval_dataset = (next(iter(evaluation.values())) if len(evaluation) == 1 else evaluation) or None
+    trainer = DebiasTrainer(model=model, args=training_args, train_dataset=data.train, eval_dataset=eval_dataset,
+                            data_collator=collate, processing_class=processor)
+    # After DebiasTrainer has read the label columns (no image is decoded for that), before any batch is built.
+    data.train.set_transform(transform_with(train_transform))
+    for split in evaluation.values():
+        split.set_transform(transform_with(eval_transform))
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     metrics = trainer.evaluate() if evaluation else {}
     if metrics:
-        trainer.log_metrics("eval", metrics)
         trainer.save_metrics("eval", metrics)
     trainer.save_model()  # after evaluating, so the card has the metrics; with --push_to_hub also one commit
-    return trainer, metrics
+    return trainer, metrics, data
+
+
+def split_metrics(metrics: dict[str, float], split_names: Sequence[str]) -> dict[str, dict[str, object]]:
+    """The eval metrics of each split without the ``eval_[<split>_]`` prefix (one split: plain ``eval_*`` keys)."""
+    out: dict[str, dict[str, object]] = {name: {} for name in split_names}
+    if len(split_names) == 1:
+        out[split_names[0]] = {key[len("eval_"):]: value for key, value in metrics.items() if key.startswith("eval_")}
+        return out
+    by_length = sorted(split_names, key=len, reverse=True)  # "test_clean" before "test"
+    for key, value in metrics.items():
+        name = next((name for name in by_length if key.startswith(f"eval_{name}_")), None)
+        if name is not None:
+            out[name][key[len(f"eval_{name}_"):]] = value
+    return out
+
+
+def summarise(trainer: DebiasTrainer, metrics: dict[str, float], data: TrainingData,
+              model_args: ModelArguments, data_args: DataArguments) -> str:
+    """Print the results (one summary line and one group table per eval split) and write ``report.json`` /
+    ``report.png`` into the output folder; returns the text printed."""
+    from ..metrics.group import groups_from_metrics
+    from ..report import GROUP_METRICS, format_group_table, format_table, write_report
+
+    args = trainer.args
+    names = list(data.evaluation)
+    run = f"{model_args.model_name_or_path} ({args.debias})"
+    per_split = split_metrics(metrics, names)
+    lines = [f"\n{run} on {data_args.dataset}: trained on {len(data.train)} images of the train split"]
+    if not names:
+        lines.append("No evaluation split, so no results to report (pass --eval_split).")
+        text = "\n".join(lines)
+        print(text)
+        return text
+    lines += ["", format_table(per_split, GROUP_METRICS, name_header="split")]
+    groups = {}
+    for name in names:
+        groups[name] = groups_from_metrics(per_split[name])
+        values = per_split[name]
+        if not groups[name]:
+            lines.append(f"\n{name}: no bias labels, so no group table.")
+            continue
+        worst = (values.get("worst_group_label"), values.get("worst_group_bias"))
+        lines += [f"\n{name}: {len(data.evaluation[name])} images in {len(groups[name])} (class, bias) groups",
+                  format_group_table(groups[name], class_names=data.class_names, bias_names=data.bias_names,
+                                     worst=worst if None not in worst else None)]
+    baseline = trainer.model_card_info().baseline_metrics or {}
+    if len(names) == 1 and "eval" in baseline and names[0] not in baseline:
+        baseline = {names[0]: baseline["eval"]}
+    after, before = f"after: {args.debias}", "before: baseline"
+    panels = {name: ({before: baseline[name]} if name in baseline else {}) | {after: per_split[name]}
+              for name in names}
+    if args.baseline_results and not any(name in baseline for name in names):
+        warnings.warn(f"--baseline_results {args.baseline_results!r} has the splits {sorted(baseline)}, this run "
+                      f"evaluated {names}: the report shows no before/after comparison.", stacklevel=2)
+    title = f"{run} on {Path(data_args.dataset).name or data_args.dataset}"
+    json_path, png_path = write_report(args.output_dir, panels=panels, title=title, metrics=GROUP_METRICS, details={
+        "model": model_args.model_name_or_path, "debias": args.debias, "dataset": data_args.dataset,
+        "train_samples": len(data.train), "eval_samples": {name: len(data.evaluation[name]) for name in names},
+        "class_names": data.class_names, "bias_names": data.bias_names, "groups": groups,
+        "baseline_results": args.baseline_results})
+    lines.append(f"\nReport: {json_path} and {png_path}")
+    text = "\n".join(lines)
+    print(text)
+    return text
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -190,17 +341,22 @@ def run(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     from transformers import HfArgumentParser
 
-    from ..report import format_table
     from ..trainer import DebiasTrainingArguments
 
     parser = HfArgumentParser((ModelArguments, DataArguments, DebiasTrainingArguments), prog="hf-debias train",
                               description=__doc__)
     model_args, data_args, training_args = parser.parse_args_into_dataclasses(
         args=list(argv) if argv is not None else sys.argv[1:])
-    _, metrics = run_training(model_args, data_args, training_args)
-    shown = {key[len("eval_"):]: value for key, value in metrics.items()
-             if key.endswith("accuracy") and isinstance(value, float)}
-    if shown:
-        print("\n" + format_table({f"{model_args.model_name_or_path} ({training_args.debias})": shown},
-                                  [(key, key.replace("_accuracy", "").replace("_", "-")) for key in shown]))
+    handler = logging.StreamHandler(sys.stderr)  # hf_debias's info lines (weights, eval split) on the terminal
+    handler.setFormatter(logging.Formatter("hf-debias: %(message)s"))
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        trainer, metrics, data = run_training(model_args, data_args, training_args)
+        if trainer.is_world_process_zero():
+            summarise(trainer, metrics, data, model_args, data_args)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
     return 0
