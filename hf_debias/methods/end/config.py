@@ -8,6 +8,7 @@ from typing import ClassVar
 from ..._validation import check_choice, check_non_negative
 from ...config import DebiasConfig
 from ...functional.end import PAIRINGS
+from .portable import NORMALIZE_FORMS
 
 
 @dataclass
@@ -19,10 +20,23 @@ class EnDConfig(DebiasConfig):
         alpha: weight of the disentangling term (same-bias samples made orthogonal). >= 0.
         beta: weight of the entangling term (same-class, different-bias samples made parallel). >= 0.
         pairing: ``"all"`` (the paper's pair set) or ``"reference"`` (the official code's subset).
-        normalize_forward: put the L2 normalisation into the forward pass at the bottleneck, as the paper's
-            network does (the classifier then sees unit-norm features). ``False`` leaves the architecture
-            untouched and normalises only inside the penalty. Default ``True``: on Colour-Digits it gained
-            15-31 points over vanilla, ``False`` at most 4 (BENCHMARKS.md).
+        normalize_forward: where the bottleneck is L2-normalised in the forward pass (the paper's network feeds
+            unit-norm features to the classifier):
+
+            - ``"train"`` (portable): in the training forward only. The classifier head's bias is set to 0 and
+              frozen while EnD is attached (``unload()`` leaves it at 0), so the plain network that is evaluated,
+              saved and loaded by plain timm / transformers / ``pipeline`` computes ``W·f`` where training computed
+              ``W·f/||f||``: the same class ranking and predictions, un-normalised scores (calibration differs).
+              Exact only when the bottleneck is the input of a linear head; elsewhere it raises ``ValueError``.
+            - ``"always"``: in every forward (training and deployment). The saved repo is guarded: only
+              ``hf_debias.load_model`` restores it.
+            - ``"never"``: only inside the penalty; the architecture is untouched (portable too).
+            - ``None`` (default): ``"train"`` where it is exact, else ``"always"`` with a warning. The model's
+              method records the resolved value (``DebiasModel.method.config``).
+
+            ``True`` / ``False`` (older configs and code) mean ``"always"`` / ``"never"``. On
+            Colour-Digits ``"always"`` gained 15-31 points over vanilla, ``"never"`` at most 4 (BENCHMARKS.md §1);
+            ``"train"`` vs ``"always"``: BENCHMARKS.md §1c.
         global_batch: under distributed training (more than one process), compute the penalty on the batch
             gathered from every process, with gradients, so it equals the single-process penalty on the whole
             batch (default). ``False`` keeps a per-process penalty on each process's own micro-batch.
@@ -38,7 +52,7 @@ class EnDConfig(DebiasConfig):
     alpha: float = 1.0
     beta: float = 1.0
     pairing: str = "all"
-    normalize_forward: bool = True
+    normalize_forward: str | None = None
     global_batch: bool = True
 
     def __post_init__(self) -> None:
@@ -46,6 +60,11 @@ class EnDConfig(DebiasConfig):
         self.alpha = check_non_negative("alpha", self.alpha)
         self.beta = check_non_negative("beta", self.beta)
         check_choice("pairing", self.pairing, PAIRINGS)
-        for name in ("normalize_forward", "global_batch"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}.")
+        if isinstance(self.normalize_forward, bool):  # older configs and code
+            self.normalize_forward = "always" if self.normalize_forward else "never"
+        elif self.normalize_forward is not None and self.normalize_forward not in NORMALIZE_FORMS:
+            raise ValueError(f"normalize_forward={self.normalize_forward!r} is not valid; choose one of: "
+                             f"{', '.join(map(repr, NORMALIZE_FORMS))}, None (the default: 'train' where exact), or "
+                             "True / False (= 'always' / 'never').")
+        if not isinstance(self.global_batch, bool):
+            raise ValueError(f"global_batch must be True or False, got {self.global_batch!r}.")
