@@ -45,6 +45,20 @@ def check_label_tensor(name: str, labels: object, batch_size: int) -> torch.Tens
     return labels
 
 
+def as_class_ids(name: str, labels: object, batch_size: int) -> torch.Tensor:
+    """``check_label_tensor``, then the ids as ``torch.long`` (a no-op for int64), so that every loss, gather
+    and process sees one dtype whatever integer dtype the data had (int8 ... int64, uint8)."""
+    return check_label_tensor(name, labels, batch_size).long()
+
+
+def check_batch_size(name: str, batch_size: int) -> int:
+    """Return ``batch_size`` if it is at least 1; an empty batch has no loss and no penalty."""
+    if batch_size < 1:
+        raise ValueError(f"The batch is empty: {name} has 0 samples. Every batch needs at least one sample "
+                         "(check the dataset split, the sampler and dataloader_drop_last).")
+    return batch_size
+
+
 def check_features(name: str, features: object, *, check_finite: bool = True) -> torch.Tensor:
     """Return ``features`` flattened to ``[B, D]`` if it is a finite floating tensor with a batch dimension.
 

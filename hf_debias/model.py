@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.utils import ModelOutput
 
-from ._validation import check_label_tensor
+from ._validation import as_class_ids, check_batch_size
 from .config import DebiasConfig
 from .distributed import check_same_on_every_process
 from .methods.base import method_class_for
@@ -29,7 +29,8 @@ class DebiasOutput(ModelOutput):
         loss: ``ce_loss + penalty`` in training mode with labels; plain ``ce_loss`` in eval mode.
         logits: the wrapped model's logits, ``[B, num_classes]``.
         ce_loss: the cross-entropy part.
-        penalty: the weighted penalty (training mode only).
+        penalty: the weighted penalty (training mode only), differentiable: a loss of your own can replace the
+            cross-entropy as ``my_loss + output.penalty``.
         penalty_terms: the penalty's named, unweighted parts, detached, for logging (training mode only).
     """
 
@@ -73,11 +74,12 @@ class DebiasModel(nn.Module):
         if not isinstance(pixel_values, torch.Tensor) or pixel_values.dim() < 2:
             raise ValueError(f"pixel_values must be a tensor shaped [B, ...], got {type(pixel_values).__name__}"
                              f"{tuple(pixel_values.shape) if isinstance(pixel_values, torch.Tensor) else ''}.")
-        batch_size = pixel_values.shape[0]
+        batch_size = check_batch_size("pixel_values", pixel_values.shape[0])
+        # int64 once, here: the loss, the penalty and any gather across processes then see one dtype
         if labels is not None:
-            check_label_tensor("labels", labels, batch_size)
+            labels = as_class_ids("labels", labels, batch_size)
         if bias_labels is not None:
-            check_label_tensor("bias_labels", bias_labels, batch_size)
+            bias_labels = as_class_ids("bias_labels", bias_labels, batch_size)
 
         if self.training and not self.method.compile_safe and torch.compiler.is_compiling():
             # The penalty differentiates through hooked activations (double backward), which a compiled graph
@@ -97,7 +99,7 @@ class DebiasModel(nn.Module):
             return DebiasOutput(loss=ce_loss, logits=logits, ce_loss=ce_loss)
         penalty = self.method.penalty(logits=logits, labels=labels, bias_labels=bias_labels)
         return DebiasOutput(loss=ce_loss + penalty.total, logits=logits, ce_loss=ce_loss,
-                            penalty=penalty.total.detach(), penalty_terms=penalty.terms)
+                            penalty=penalty.total, penalty_terms=penalty.terms)
 
     def train(self, mode: bool = True) -> DebiasModel:
         super().train(mode)

@@ -4,15 +4,20 @@
 ``HfArgumentParser`` turns them into flags of any script that already uses it. ``DebiasTrainer`` wraps the
 model with ``get_debias_model`` and computes the loss in ``compute_loss``; everything else is Trainer's own.
 
-The penalty is added in training only; the evaluation loss is plain cross-entropy. EnD's Gram matrix is built
-per micro-batch: with gradient accumulation the penalty sees ``per_device_train_batch_size`` samples at a time.
+The penalty is added in training only; the evaluation loss is the task loss alone. The task loss is what plain
+``Trainer`` would use: cross-entropy, label-smoothed with ``label_smoothing_factor``, or ``compute_loss_func``'s.
+EnD's Gram matrix is built per micro-batch: with gradient accumulation the penalty sees
+``per_device_train_batch_size`` samples at a time. Every model ``Trainer`` builds through ``model_init`` (each
+``hyperparameter_search`` trial) gets the correction the current arguments describe.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
+import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,24 +26,33 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from transformers import EvalPrediction, Trainer, TrainingArguments
+from transformers.modeling_outputs import ImageClassifierOutput
+from transformers.trainer_pt_utils import LabelSmoother
+from transformers.trainer_utils import default_compute_objective
 
-from .config import DebiasConfig, _CONFIG_CLASSES, available_methods
+from ._validation import as_class_ids, check_batch_size
+from .config import CONFIG_NAME, DebiasConfig, _CONFIG_CLASSES, available_methods
 from .freezing import FREEZE_POLICIES
 from .functional.end import PAIRINGS
 from .functional.rr_clarc import AGGREGATIONS, GRADIENT_TARGETS
 from .loading import unwrap_model
 from .methods.base import method_class_for
-from .metrics.group import group_accuracy, infer_aligned_bias
+from .metrics.group import group_accuracy, infer_aligned_bias, is_group_structure_key
 from .model import DebiasModel, get_debias_model, logits_of
+
+logger = logging.getLogger(__name__)
 
 DEBIAS_CHOICES = ("none", *available_methods())
 
 
-@dataclass
+@dataclass(repr=False)  # keep TrainingArguments' __repr__, which redacts hub_token and every other *_token
 class DebiasTrainingArguments(TrainingArguments):
     """``TrainingArguments`` plus the debias options. Method options are named ``<method>_<config field>``
     (``end_alpha`` -> ``EnDConfig.alpha``); options several methods share carry no prefix (``cav``, ``freeze``).
-    A new method adds its fields here and nothing else changes."""
+    A new method adds its fields here and nothing else changes.
+
+    An option of a method that ``--debias`` does not select, set to anything but its default, is an error;
+    ``--baseline_results`` and the model-card texts are checked here, before any training."""
 
     debias: str = field(default="none", metadata={"help": "bias correction method", "choices": list(DEBIAS_CHOICES)})
     debias_layer: str | None = field(default=None, metadata={
@@ -50,8 +64,11 @@ class DebiasTrainingArguments(TrainingArguments):
     end_beta: float = field(default=1.0, metadata={"help": "EnD: weight of the entangling term (>= 0)"})
     end_pairing: str = field(default="all", metadata={
         "help": "EnD: 'all' pairs (the paper) or 'reference' (the official code's subset)", "choices": list(PAIRINGS)})
-    end_normalize_forward: bool = field(default=True, metadata={
-        "help": "EnD: L2-normalise the bottleneck in the forward pass (the paper's network)"})
+    end_normalize_forward: str | None = field(default=None, metadata={
+        "help": "EnD: where the bottleneck is L2-normalised in the forward pass: train (portable: training forward "
+                "only, zero head bias; the saved model loads in plain timm / transformers / pipeline), always (every "
+                "forward, the paper's network; loads with hf_debias only), never (penalty only); default: train "
+                "where exact, else always", "choices": ["train", "always", "never"]})
     end_global_batch: bool = field(default=True, metadata={
         "help": "EnD: under multi-process training compute the penalty on the batch gathered from every process "
                 "(False: a per-process penalty)"})
@@ -77,41 +94,80 @@ class DebiasTrainingArguments(TrainingArguments):
                 "{split: {metric: value}} JSON), shown as 'before'"})
     card_dataset: str | None = field(default=None, metadata={
         "help": "model card: the dataset the metrics were measured on (a Hub id or a name)"})
+    allow_debias_config_change: bool = field(default=False, metadata={
+        "help": "resume from a checkpoint whose debias_config.json differs from this run's options (method or "
+                "hyper-parameters), continuing with this run's; logged as a warning instead of refused"})
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.debias not in DEBIAS_CHOICES:
             raise ValueError(f"debias={self.debias!r} is not valid; choose one of: {', '.join(DEBIAS_CHOICES)}.")
+        self.check_debias_options()
         self.debias_config()  # validate the method's options now, at parse time
-        if self.baseline_results is not None:
-            _baseline_file(self.baseline_results)  # not at the first checkpoint save
+        _check_card_inputs(self)  # not at the first checkpoint save
 
     def debias_config(self) -> DebiasConfig | None:
         """The config that ``--debias`` and its options describe, or ``None`` for ``--debias none``."""
         if self.debias == "none":
             return None
-        config_class = _CONFIG_CLASSES[self.debias]
-        base_fields = {f.name for f in dataclasses.fields(DebiasConfig)}
-        values = {}
-        for config_field in dataclasses.fields(config_class):
-            if not config_field.init or config_field.name in base_fields:
+        values = {name: getattr(self, flag) for name, flag in _method_flags(self.debias).items()}
+        return _CONFIG_CLASSES[self.debias](**values)
+
+    def check_debias_options(self) -> None:
+        """Raise ``ValueError`` naming every option of another method than ``--debias`` that differs from its
+        default (``--debias end --cav X``, ``--debias none --end_alpha 50``): it would be silently ignored."""
+        used = set(_method_flags(self.debias).values()) | set(_GENERAL_FIELDS)
+        unused = []
+        for own in dataclasses.fields(DebiasTrainingArguments):
+            if own.name not in _OWN_FIELDS or own.name in used:
                 continue
-            for flag in (f"{self.debias}_{config_field.name}", config_field.name):
-                if flag in _OWN_FIELDS:
-                    values[config_field.name] = getattr(self, flag)
-                    break
-        return config_class(layer=self.debias_layer, **values)
+            default = own.default if own.default is not dataclasses.MISSING else own.default_factory()
+            value = getattr(self, own.name)
+            if value != default:
+                owners = [method for method in available_methods() if own.name in _method_flags(method).values()]
+                unused.append(f"--{own.name} {value!r} (an option of {', '.join(owners) or 'no method'})")
+        if unused:
+            raise ValueError(f"--debias {self.debias} does not use {'; '.join(unused)}. Remove "
+                             f"{'it' if len(unused) == 1 else 'them'}, or select the method "
+                             f"{'it belongs' if len(unused) == 1 else 'they belong'} to with --debias.")
 
 
 _OWN_FIELDS = {f.name for f in dataclasses.fields(DebiasTrainingArguments)} - {
     f.name for f in dataclasses.fields(TrainingArguments)}
+_GENERAL_FIELDS = ("debias", "bias_label_column", "bias_description", "baseline_results", "card_dataset",
+                   "allow_debias_config_change")
+"""Options that apply whatever ``--debias`` is; every other own field belongs to one or more methods."""
+
+
+def _method_flags(method: str) -> dict[str, str]:
+    """``{config field: argument name}`` for the options ``--debias method`` reads: ``<method>_<field>``, else
+    the shared ``<field>`` (``cav``, ``freeze``...), and ``debias_layer`` for the layer. Empty for ``none``."""
+    if method == "none":
+        return {}
+    base_fields = {f.name for f in dataclasses.fields(DebiasConfig)}
+    flags = {"layer": "debias_layer"}
+    for config_field in dataclasses.fields(_CONFIG_CLASSES[method]):
+        if not config_field.init or config_field.name in base_fields:
+            continue
+        for flag in (f"{method}_{config_field.name}", config_field.name):
+            if flag in _OWN_FIELDS:
+                flags[config_field.name] = flag
+                break
+    return flags
 
 
 class DebiasTrainer(Trainer):
     """A ``Trainer`` whose training loss adds the correction penalty and whose default metrics are group metrics.
 
+    The Trainer's own options keep their meaning: the task loss is cross-entropy, label-smoothed with
+    ``label_smoothing_factor``, or ``compute_loss_func(outputs, labels, num_items_in_batch=...)`` (``outputs`` has
+    ``.logits``), and the penalty is added to it; every model ``model_init`` builds gets the correction of the
+    arguments at that moment (a trial's ``end_alpha``...). ``pixel_values``, ``labels`` and the bias column are
+    kept through ``remove_unused_columns`` for any model. Labels of any integer dtype are made int64.
+    Evaluation works with or without the bias column (accuracy and loss; group metrics where it exists).
+
     Args:
-        debias_config: overrides the config built from ``args`` (``DebiasTrainingArguments``).
+        debias_config: overrides the config built from ``args`` (``DebiasTrainingArguments``), for every model.
         Everything else is passed to ``Trainer`` unchanged.
     """
 
@@ -121,27 +177,123 @@ class DebiasTrainer(Trainer):
                  debias_config: DebiasConfig | None = None, **trainer_kwargs):
         if args is None:
             args = DebiasTrainingArguments(output_dir="tmp_trainer")
-        config = debias_config if debias_config is not None else (
-            args.debias_config() if isinstance(args, DebiasTrainingArguments) else None)
-        if config is not None and model is not None and not isinstance(model, DebiasModel):
-            model = get_debias_model(model, config)
+        self._fixed_debias_config = debias_config
         self.bias_label_column = getattr(args, "bias_label_column", "bias_labels")
         train_dataset = trainer_kwargs.get("train_dataset")
-        if args.label_names is None:  # keeps the bias column through remove_unused_columns, for every model
-            columns = getattr(train_dataset, "column_names", None)
-            has_bias = columns is None or self.bias_label_column in columns or (
-                config is not None and method_class_for(config).needs_bias_labels)
-            # Only when the data has it: Trainer skips compute_metrics for batches without every label name.
-            args.label_names = ["labels", self.bias_label_column] if has_bias else ["labels"]
+        _check_label_columns(train_dataset, ("labels", self.bias_label_column), "training")
+        eval_dataset = trainer_kwargs.get("eval_dataset")
+        for split, dataset in (eval_dataset.items() if isinstance(eval_dataset, dict) else [(None, eval_dataset)]):
+            _check_label_columns(dataset, ("labels", self.bias_label_column),
+                                 "evaluation" if split is None else f"evaluation ({split!r})")
+        config = self._debias_config_for(args)
         if config is not None:
             _check_training_data(train_dataset, self.bias_label_column, args, config)
+        if model is not None:
+            model = self._attach_correction(model, config, announce=False)
         self.aligned_bias = _aligned_bias_of(train_dataset, self.bias_label_column)
         if trainer_kwargs.get("compute_metrics") is None:
             trainer_kwargs["compute_metrics"] = self.group_metrics
-        super().__init__(model, args, *trainer_args, **trainer_kwargs)
+        # Trainer reads model.config.problem_type for label smoothing, which timm models lack: built below instead.
+        smoothing = args.label_smoothing_factor
+        args.label_smoothing_factor = 0.0
+        try:
+            super().__init__(model, args, *trainer_args, **trainer_kwargs)
+        finally:
+            args.label_smoothing_factor = smoothing
+        self.label_smoother = self._label_smoother(smoothing)
+        if args.label_names is None:
+            # The bias column is a label wherever it exists: kept through remove_unused_columns and given to
+            # compute_metrics. prediction_step uses the label names each eval batch has.
+            self.label_names = ["labels", self.bias_label_column]
         self.model_accepts_loss_kwargs = False  # transformers < 5.19 reads this instead of loss_is_scaled_for_ga
+        if self.compute_loss_func is not None:
+            # Trainer's rule: compute_loss_func normalises by num_items_in_batch (the whole accumulated batch), so
+            # the loss is already scaled for accumulation; compute_loss scales the per-batch penalty itself.
+            self.loss_is_scaled_for_ga = True
         self._loss_part_sums: dict[str, torch.Tensor] = {}
         self._loss_part_count = 0
+
+    # ------------------------------------------------------------------ the model and its correction
+    def _debias_config_for(self, args: TrainingArguments) -> DebiasConfig | None:
+        if self._fixed_debias_config is not None:
+            return self._fixed_debias_config
+        if isinstance(args, DebiasTrainingArguments):
+            args.check_debias_options()  # again: a search trial may have set any field
+            return args.debias_config()
+        return None
+
+    def _attach_correction(self, model, config: DebiasConfig | None, *, announce: bool):
+        if config is not None and not isinstance(unwrap_model(model, through_debias=False), DebiasModel):
+            model = get_debias_model(model, config)
+        if announce:
+            attached = unwrap_model(model, through_debias=False)
+            if isinstance(attached, DebiasModel):
+                hyper = {key: value for key, value in attached.debias_config.to_dict().items()
+                         if key not in _RECORD_ONLY and key not in ("debias_method", "cav")}
+                logger.info("model_init built %s; attached correction %s %s", type(attached.model).__name__,
+                            attached.debias_config.debias_method, json.dumps(hyper, sort_keys=True, default=str))
+            else:
+                logger.info("model_init built %s; no correction attached (--debias none)", type(model).__name__)
+        return model
+
+    def call_model_init(self, trial=None):
+        """Trainer's ``model_init`` call, plus the correction described by the arguments of this trial."""
+        if trial is not None and getattr(self, "hp_search_backend", None) is not None:
+            self._hp_search_setup(trial)  # Trainer applies the trial only after building the model
+        model = super().call_model_init(trial)
+        config = self._debias_config_for(self.args)
+        if config is not None and getattr(self, "train_dataset", None) is not None:  # None inside __init__
+            _check_training_data(self.train_dataset, self.bias_label_column, self.args, config)
+        return self._attach_correction(model, config, announce=True)
+
+    def hyperparameter_search(self, hp_space=None, compute_objective=None, *args, **kwargs):
+        """Trainer's search; the default objective ignores the group ids and sizes among the metrics (they are
+        not measures of the model)."""
+        return super().hyperparameter_search(
+            hp_space, compute_objective if compute_objective is not None else _default_objective, *args, **kwargs)
+
+    def _label_smoother(self, epsilon: float) -> LabelSmoother | None:
+        if not epsilon:
+            return None
+        config = getattr(unwrap_model(self.model, through_debias=True), "config", None) if self.model else None
+        if getattr(config, "problem_type", None) == "multi_label_classification":
+            warnings.warn("Label smoothing is not compatible with multi-label classification; "
+                          "label_smoothing_factor is not used in this run.", UserWarning, stacklevel=3)
+            return None
+        return LabelSmoother(epsilon=epsilon)
+
+    def _set_signature_columns_if_needed(self) -> None:
+        """Keep ``pixel_values``, ``labels`` and the bias column through ``remove_unused_columns``, whatever the
+        model's ``forward`` is called with (a timm model's ``forward(x)``)."""
+        super()._set_signature_columns_if_needed()
+        for column in ("pixel_values", "labels", self.bias_label_column):
+            if column not in self._signature_columns:
+                self._signature_columns.append(column)
+
+    # ------------------------------------------------------------------ batches and the loss
+    def _prepare_inputs(self, inputs):
+        """Trainer's device placement, then labels and bias labels as int64 (once, before the loss and before
+        any gather across processes), and a clear error for an empty batch."""
+        inputs = super()._prepare_inputs(inputs)
+        pixel_values = inputs.get("pixel_values")
+        if isinstance(pixel_values, torch.Tensor) and pixel_values.dim() > 0:
+            check_batch_size("pixel_values", pixel_values.shape[0])
+        for column in dict.fromkeys(("labels", self.bias_label_column)):
+            value = inputs.get(column)
+            if isinstance(value, torch.Tensor):
+                inputs[column] = _class_ids_of_column(column, value)
+        return inputs
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        """Trainer's step with the label names this batch has: an eval set without the bias column still gives
+        a loss and accuracy (Trainer would skip both when one label name is missing)."""
+        names = self.label_names
+        present = [name for name in names if inputs.get(name) is not None]
+        self.label_names = present if "labels" in present else []
+        try:
+            return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys)
+        finally:
+            self.label_names = names
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         inputs = dict(inputs)
@@ -150,17 +302,51 @@ class DebiasTrainer(Trainer):
         if "pixel_values" not in inputs:
             raise ValueError(f"The batch has no 'pixel_values'; it has {sorted(inputs)}. Map the images to "
                              "'pixel_values' in the data collator or transform.")
+        pixel_values = inputs["pixel_values"]
+        if isinstance(pixel_values, torch.Tensor) and pixel_values.dim() > 0:
+            check_batch_size("pixel_values", pixel_values.shape[0])
+        if labels is not None:
+            labels = _class_ids_of_column("labels", labels)
+        if bias_labels is not None:
+            bias_labels = _class_ids_of_column(self.bias_label_column, bias_labels)
+        ce_loss = penalty = None
         if isinstance(unwrap_model(model, through_debias=False), DebiasModel):
-            outputs = model(inputs["pixel_values"], labels=labels, bias_labels=bias_labels)
-            loss = outputs.loss
+            outputs = model(pixel_values, labels=labels, bias_labels=bias_labels)
+            logits, ce_loss, penalty = outputs.logits, outputs.ce_loss, outputs.penalty
             if outputs.penalty_terms is not None:
                 self._add_loss_parts(ce_loss=outputs.ce_loss, penalty=outputs.penalty, **outputs.penalty_terms)
-            outputs = {"loss": loss, "logits": outputs.logits}
         else:
-            logits = logits_of(model(inputs["pixel_values"]))
-            loss = F.cross_entropy(logits.float(), labels) if labels is not None else None
-            outputs = {"loss": loss, "logits": logits}
+            logits = logits_of(model(pixel_values))
+        loss = None
+        if labels is not None:
+            loss = self._task_loss(logits, labels, ce_loss, num_items_in_batch, training=model.training)
+            if penalty is not None:
+                loss = loss + (penalty / self._accumulation_steps() if self.loss_is_scaled_for_ga else penalty)
+        outputs = {"loss": loss, "logits": logits}
         return (loss, outputs) if return_outputs else loss
+
+    def _task_loss(self, logits: torch.Tensor, labels: torch.Tensor, ce_loss: torch.Tensor | None,
+                   num_items_in_batch, *, training: bool) -> torch.Tensor:
+        """The loss plain ``Trainer`` would compute: ``compute_loss_func``'s, the label-smoothed one, or
+        cross-entropy (already computed by the wrapper when it is given)."""
+        if self.compute_loss_func is not None:
+            loss = self.compute_loss_func(ImageClassifierOutput(logits=logits), labels,
+                                          num_items_in_batch=num_items_in_batch)
+            if num_items_in_batch is None:
+                # not normalised over the accumulated batch: a per-batch mean, scaled here as Trainer would
+                return loss / self._accumulation_steps() if training else loss
+            if self.args.average_tokens_across_devices:  # as Trainer: num_items_in_batch counts every process
+                loss = loss * (self.accelerator.num_processes // self.get_tp_size() if self.args.n_gpu <= 1
+                               else self.args.n_gpu)
+            return loss
+        if self.label_smoother is not None:
+            return self.label_smoother({"logits": logits.float()}, labels)
+        return ce_loss if ce_loss is not None else F.cross_entropy(logits.float(), labels)
+
+    def _accumulation_steps(self) -> int:
+        if not self.model.training:
+            return 1
+        return getattr(self, "current_gradient_accumulation_steps", None) or self.args.gradient_accumulation_steps
 
     def _add_loss_parts(self, **parts: torch.Tensor) -> None:
         """Sum the parts on their device: reading them every step would make the host wait for the GPU."""
@@ -171,7 +357,8 @@ class DebiasTrainer(Trainer):
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         """Trainer's log, plus the mean loss parts (``ce_loss``, ``penalty``, ``end_r_ortho``...) since the
-        last training log. A non-finite part raises: Trainer's NaN filter would otherwise hide it."""
+        last training log, at full precision (a small penalty never shows as 0). A non-finite part raises:
+        Trainer's NaN filter would otherwise hide it."""
         if "loss" in logs and self._loss_part_count:
             for key, total in self._loss_part_sums.items():
                 mean = float(total) / self._loss_part_count
@@ -180,7 +367,7 @@ class DebiasTrainer(Trainer):
                         f"The loss part {key!r} became {mean} in the {self._loss_part_count} steps before step "
                         f"{self.state.global_step}: the model's features or logits hold NaN or infinite values "
                         f"(try a lower learning rate, or bf16 instead of fp16).")
-                logs[key] = round(mean, 6)
+                logs[key] = mean
             self._loss_part_sums, self._loss_part_count = {}, 0
         super().log(logs, start_time)
 
@@ -239,8 +426,24 @@ class DebiasTrainer(Trainer):
         return True
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        self._check_resume_config(resume_from_checkpoint, model)
         if not self._load_native_checkpoint(resume_from_checkpoint, model):
             super()._load_from_checkpoint(resume_from_checkpoint, model)
+
+    def _check_resume_config(self, checkpoint: str, model=None) -> None:
+        """Refuse to resume with another correction than the checkpoint's (method, any hyper-parameter, the CAV's
+        content); ``--allow_debias_config_change`` turns the refusal into a logged warning."""
+        target = unwrap_model(model if model is not None else self.model, through_debias=False)
+        current = target.debias_config if isinstance(target, DebiasModel) else None
+        differences = debias_config_differences(_checkpoint_debias_config(checkpoint), current)
+        if not differences:
+            return
+        message = (f"Resuming from {str(checkpoint)!r}, whose {CONFIG_NAME} differs from this run's debias options: "
+                   f"{'; '.join(differences)}. Resuming continues the checkpoint's run: pass the same options, or "
+                   f"--allow_debias_config_change to continue with this run's on the checkpoint's weights.")
+        if not getattr(self.args, "allow_debias_config_change", False):
+            raise ValueError(message)
+        logger.warning("%s (allowed by --allow_debias_config_change)", message)
 
     def _load_best_model(self) -> None:
         if not self._load_native_checkpoint(self.state.best_model_checkpoint):
@@ -290,15 +493,65 @@ class DebiasTrainer(Trainer):
 
 TRAINING_ARGS_JSON = "training_args.json"
 _NOT_METRICS = {"loss", "runtime", "samples_per_second", "steps_per_second", "epoch", "model_preparation_time"}
+_RECORD_ONLY = {"hf_debias_version", "base_model_name_or_path", "revision"}
+"""``debias_config.json`` fields that record where a model came from; they do not change the correction."""
+
+
+def _checkpoint_debias_config(checkpoint: str) -> DebiasConfig | None:
+    if not (Path(checkpoint) / CONFIG_NAME).is_file():
+        return None
+    try:
+        return DebiasConfig.from_pretrained(checkpoint)
+    except (ValueError, TypeError, OSError) as error:
+        raise ValueError(f"Cannot resume from {str(checkpoint)!r}: its {CONFIG_NAME} cannot be read ({error}).") from error
+
+
+def debias_config_differences(saved: DebiasConfig | None, current: DebiasConfig | None) -> list[str]:
+    """What differs between a checkpoint's config and a run's, as ``"field: checkpoint X, this run Y"`` texts:
+    the method and every hyper-parameter; not the record-only fields (version, base model, revision); the CAV
+    by content (vector and statistics), not by path."""
+    if saved is None and current is None:
+        return []
+    if saved is None or current is None:
+        return [f"method: checkpoint {saved.debias_method if saved else f'none (no {CONFIG_NAME})'}, "
+                f"this run {current.debias_method if current else 'none'}"]
+    if saved.debias_method != current.debias_method:
+        return [f"method: checkpoint {saved.debias_method}, this run {current.debias_method}"]
+    before, after = saved.to_dict(), current.to_dict()
+    differences = [f"{key}: checkpoint {before.get(key)!r}, this run {after.get(key)!r}"
+                   for key in sorted(set(before) | set(after))
+                   if key not in _RECORD_ONLY and key != "cav" and before.get(key) != after.get(key)]
+    if hasattr(saved, "load_cav") and hasattr(current, "load_cav"):
+        saved_cav, current_cav = saved.load_cav(), current.load_cav()
+        cav_before = {key: value for key, value in saved_cav.metadata().items() if key != "hf_debias_version"}
+        cav_after = {key: value for key, value in current_cav.metadata().items() if key != "hf_debias_version"}
+        changed = [key for key in sorted(cav_before) if cav_before[key] != cav_after.get(key)]
+        if saved_cav.vector.shape != current_cav.vector.shape or not torch.equal(saved_cav.vector,
+                                                                                 current_cav.vector):
+            changed.insert(0, "vector")
+        if changed:
+            differences.append(f"cav: the checkpoint's CAV and this run's ({current_cav.name_or_path!r}) differ "
+                               f"in {', '.join(changed)}")
+    return differences
+
+
+def _default_objective(metrics: dict[str, float]) -> float:
+    """Trainer's default objective over the metrics that measure the model (not group ids and sizes)."""
+    return default_compute_objective({key: value for key, value in metrics.items()
+                                      if not is_group_structure_key(key) and not _PER_GROUP.search(key)})
+
+
+_PER_GROUP = re.compile(r"(^|_)group_-?\d+_-?\d+_")
 
 
 def _read_baseline(path: str | None, split_names: list[str]) -> dict[str, dict[str, float]]:
     """A baseline run's metrics: ``{split: {metric: value}}`` JSON, or Trainer's flat ``eval_results.json``."""
     if not path:
         return {}
-    data = json.loads(_baseline_file(path).read_text())
-    if data and all(isinstance(value, dict) for value in data.values()):
-        return data
+    data = _baseline_data(path)
+    if all(isinstance(value, dict) for value in data.values()):
+        return {split: {key: float(value) for key, value in values.items() if not is_group_structure_key(key)}
+                for split, values in data.items()}
     return metrics_by_split(data, split_names)
 
 
@@ -311,8 +564,53 @@ def _baseline_file(path: str) -> Path:
     return file
 
 
+def _is_metric_value(key: str, value: object) -> bool:
+    if isinstance(value, bool):
+        return key.endswith("_aligned")  # the group flags of group_accuracy
+    return isinstance(value, (int, float))
+
+
+def _baseline_data(path: str) -> dict:
+    """The baseline file's JSON, checked: an object of numbers (Trainer's flat ``eval_results.json``) or of
+    ``{metric: number}`` objects, one per split. Errors name the file and the field."""
+    file = _baseline_file(path)
+    try:
+        data = json.loads(file.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"baseline_results {str(file)!r} is not readable JSON: {error}.") from error
+    if not isinstance(data, dict) or not data:
+        raise ValueError(f"baseline_results {str(file)!r} must be a non-empty JSON object of metrics "
+                         f"({{metric: number}} or {{split: {{metric: number}}}}), got {type(data).__name__} "
+                         f"{json.dumps(data)[:80]}.")
+    nested = [key for key, value in data.items() if isinstance(value, dict)]
+    if nested and len(nested) != len(data):
+        flat = next(key for key in data if key not in nested)
+        raise ValueError(f"baseline_results {str(file)!r} mixes splits ({nested[0]!r}: {{...}}) with flat metrics "
+                         f"({flat!r}); use one form.")
+    for split, values in (data.items() if nested else [(None, data)]):
+        for key, value in values.items():
+            if not _is_metric_value(key, value):
+                where = f"{split}.{key}" if split is not None else key
+                raise ValueError(f"baseline_results {str(file)!r}: field {where!r} must be a number, got "
+                                 f"{json.dumps(value)[:80]}.")
+    return data
+
+
+def _check_card_inputs(args: DebiasTrainingArguments) -> None:
+    """``--bias_description``, ``--card_dataset`` and ``--baseline_results`` checked before any training."""
+    for name in ("bias_description", "card_dataset"):
+        value = getattr(args, name)
+        if value is not None and (not isinstance(value, str) or not value.strip() or "\n" in value
+                                  or "\r" in value):
+            raise ValueError(f"--{name} must be one non-empty line of text, got {value!r}.")
+    if args.baseline_results is not None:
+        _baseline_data(args.baseline_results)
+
+
 def metrics_by_split(flat: dict, split_names: list[str]) -> dict[str, dict[str, float]]:
-    """Trainer's flat ``eval_<split>_<metric>`` (or ``eval_<metric>``) numbers as ``{split: {metric: value}}``."""
+    """Trainer's flat ``eval_<split>_<metric>`` (or ``eval_<metric>``) numbers as ``{split: {metric: value}}``.
+    Group ids, sizes and alignment flags (``group_*_count``, ``worst_group_label``...) are not metrics and are
+    left out; the per-group accuracies stay."""
     metrics: dict[str, dict[str, float]] = {}
     for key, value in flat.items():
         if not key.startswith("eval_") or not isinstance(value, (int, float)) or isinstance(value, bool):
@@ -320,9 +618,36 @@ def metrics_by_split(flat: dict, split_names: list[str]) -> dict[str, dict[str, 
         rest = key[len("eval_"):]
         split = next((name for name in split_names if rest.startswith(name + "_")), "eval")
         metric = rest[len(split) + 1:] if split != "eval" else rest
-        if metric not in _NOT_METRICS:
+        if metric not in _NOT_METRICS and not is_group_structure_key(metric):
             metrics.setdefault(split, {})[metric] = float(value)
     return metrics
+
+
+def _class_ids_of_column(column: str, value: torch.Tensor) -> torch.Tensor:
+    """A batch's label column as int64; floats, bools and complex numbers are an error naming the column."""
+    if not isinstance(value, torch.Tensor):
+        return value  # the wrapper's own check names what it got
+    if value.dtype == torch.bool or value.is_floating_point() or value.is_complex():
+        raise ValueError(f"The column {column!r} must hold integer class ids, got dtype {value.dtype}. Cast it, "
+                         f"e.g. dataset.cast_column({column!r}, datasets.Value('int64')), or map the values to "
+                         "0..K-1.")
+    return value.long()
+
+
+def _check_label_columns(dataset, columns, which: str) -> None:
+    """Fail at construction on a label or bias column whose declared type is not integer ids."""
+    features = getattr(dataset, "features", None)
+    if not features:
+        return
+    for column in dict.fromkeys(columns):
+        feature = features.get(column)
+        dtype = getattr(feature, "dtype", None)
+        if feature is None or type(feature).__name__ == "ClassLabel" or dtype is None:
+            continue
+        if not re.fullmatch(r"u?int(8|16|32|64)", str(dtype)):
+            raise ValueError(f"{column} must hold integer class ids, but the {which} dataset's column {column!r} "
+                             f"has dtype {dtype}. Cast it, e.g. dataset.cast_column({column!r}, "
+                             "datasets.Value('int64')), or map the values to 0..K-1.")
 
 
 def _check_training_data(dataset, bias_column: str, args: TrainingArguments, config: DebiasConfig) -> None:
