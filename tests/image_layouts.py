@@ -38,7 +38,7 @@ def waterbirds_rows(n_per_group: int = 2) -> list[dict]:
 
     For each split (0 = train, 1 = validation, 2 = test), each bird type ``y`` and each background ``place``
     (0 = land, 1 = water) there are ``n_per_group`` images, so every split holds ``4 * n_per_group`` images.
-    ``img_id`` counts from 1; the species alternates between the two species of the bird type."""
+    ``img_id`` counts from 1; the species alternates with it between the two species of the bird type."""
     rows, img_id = [], 0
     for split in (0, 1, 2):
         for y in (0, 1):
@@ -46,7 +46,7 @@ def waterbirds_rows(n_per_group: int = 2) -> list[dict]:
             for place in (0, 1):
                 for i in range(n_per_group):
                     img_id += 1
-                    folder, stem, _ = species[(img_id + i) % 2]
+                    folder, stem, _ = species[img_id % 2]
                     scene = ("b/bamboo_forest", "o/ocean")[place]
                     rows.append({"img_id": img_id, "img_filename": f"{folder}/{stem}_{img_id:04d}_{700000 + img_id}.jpg",
                                  "y": y, "split": split, "place": place,
