@@ -48,7 +48,10 @@ class DebiasMethod:
 
     @property
     def alters_forward(self) -> bool:
-        """True when the method changes the model's outputs (not only its loss)."""
+        """True when the deployed (eval-mode) model predicts differently from the plain architecture with the same
+        weights, so that plain timm / transformers loaders must be refused (``hub.save_model`` guards the repo) and
+        ``unload()`` warns. A change confined to the training forward that leaves every eval-mode prediction as
+        the plain network's (EnD's ``normalize_forward="train"``) is not one."""
         return False
 
     def begin_forward(self) -> None:

@@ -68,3 +68,17 @@ class EnDConfig(DebiasConfig):
                              "True / False (= 'always' / 'never').")
         if not isinstance(self.global_batch, bool):
             raise ValueError(f"global_batch must be True or False, got {self.global_batch!r}.")
+
+    def card_notes(self) -> list[str]:
+        """What a model card must tell a user about this config's saved network (one paragraph each)."""
+        if self.normalize_forward == "train":
+            return ["Trained with EnD's L2 normalisation of the classifier's input in the training forward pass "
+                    "only, with the classifier's bias fixed at 0 (`normalize_forward=\"train\"`). The saved network "
+                    "is the plain architecture: it computes `W·f` where training computed `W·f/||f||`, so its class "
+                    "predictions and the whole class ranking equal the trained network's, in every loader. Its "
+                    "scores are un-normalised logits, so softmax probabilities (calibration) differ from the "
+                    "training-time network's."]
+        if self.normalize_forward == "always":
+            return ["The L2 normalisation of EnD's bottleneck is part of this network's forward pass "
+                    "(`normalize_forward=\"always\"`, the paper's network); only `hf_debias.load_model` rebuilds it."]
+        return []
