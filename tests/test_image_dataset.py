@@ -300,3 +300,60 @@ def test_local_hub_repo_folder_is_read_as_that_dataset(tmp_path, datasets_cache)
 def test_missing_hub_dataset_is_a_clear_error_offline(datasets_cache):
     with pytest.raises(FileNotFoundError, match="'someone/no-such-dataset'"):
         load_image_dataset("someone/no-such-dataset")
+
+
+def test_parquet_file_with_images_inside_and_a_split_column(tmp_path, datasets_cache):
+    features = datasets.Features({"image": datasets.Image(), "species": datasets.Value("string"),
+                                  "split": datasets.Value("string"), "water": datasets.Value("bool")})
+    rows = [{"image": Image.new("RGB", (8, 8), (i, 0, 0)), "species": ["gull", "crow", "tern"][i % 3],
+             "split": ["train", "train", "dev", "test"][i % 4], "water": i % 2 == 0} for i in range(12)]
+    table = tmp_path / "birds.parquet"
+    datasets.Dataset.from_list(rows, features=features).to_parquet(str(table))
+    dataset = load_image_dataset(table, label_column="species", bias_label_column="water")
+    assert {name: len(part) for name, part in dataset.items()} == {"train": 6, "validation": 3, "test": 3}
+    assert dataset["train"].features["labels"].names == ["crow", "gull", "tern"]
+    assert dataset["train"].features["bias_labels"].names == ["False", "True"]
+    assert list(dataset["validation"]["labels"]) == [2, 1, 0]  # rows 2, 6, 10: tern, gull, crow
+    assert list(dataset["validation"]["bias_labels"]) == [1, 1, 1]
+    assert dataset["test"][0]["image"].getpixel((0, 0)) == (3, 0, 0)
+
+
+# ------------------------------------------------------------------------------------------- folder mix-ups
+def test_parent_folder_of_a_dataset_points_at_it(tmp_path):
+    write_waterbirds(tmp_path, n_per_group=1)
+    with pytest.raises(ValueError, match=r"single class folder, waterbird_complete95_forest2water2/, which holds "
+                                         r"metadata\.csv: pass .*waterbird_complete95_forest2water2 as the dataset"):
+        load_image_dataset(tmp_path, label_column=None)
+
+
+def test_macos_zip_leftovers_and_hidden_folders_are_not_classes(tmp_path):
+    root = write_class_folders(tmp_path, splits=False, bias_csv=False)
+    (root / "__MACOSX" / "cat").mkdir(parents=True)
+    (root / "__MACOSX" / "cat" / "._0000.png").write_bytes(b"resource fork")
+    (root / ".ipynb_checkpoints").mkdir()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        dataset = load_image_dataset(root)
+    assert dataset["train"].features["labels"].names == ["bird", "cat", "dog"]
+    assert len(dataset["train"]) == 12
+
+
+def test_celeba_official_layout_with_anno_eval_and_img_folders(tmp_path):
+    root = write_celeba(tmp_path, fmt="txt", n_images=10)
+    for folder, name in (("Anno", "list_attr_celeba.txt"), ("Eval", "list_eval_partition.txt")):
+        (root / folder).mkdir()
+        (root / name).rename(root / folder / name)
+    (root / "Img").mkdir()
+    (root / "img_align_celeba").rename(root / "Img" / "img_align_celeba")
+    dataset = load_image_dataset(root, label_column="Blond_Hair", bias_label_column="Male")
+    assert {name: len(part) for name, part in dataset.items()} == {"train": 6, "validation": 2, "test": 2}
+    assert by_path(dataset)["Img/img_align_celeba/000009.jpg"] == ("test", 1, 1)
+
+
+def test_metadata_table_with_absolute_paths(tmp_path):
+    root = write_metadata_table(tmp_path, fmt="jsonl")
+    lines = (root / "metadata.jsonl").read_text().replace('"images/', f'"{root}/images/')
+    (root / "metadata.jsonl").write_text(lines)
+    dataset = load_image_dataset(root)
+    assert dataset["train"][0]["image_path"] == "images/0000.png"
+    assert "bias_labels" not in dataset["train"].column_names

@@ -127,6 +127,12 @@ def _from_file(path: Path, label_column, bias_label_column, split_column, image_
     if path.suffix.lower() not in TABLE_SUFFIXES:
         raise ValueError(f"{path} is not a table ({', '.join(TABLE_SUFFIXES)}); give a folder, a table or a "
                          "Hub dataset id.")
+    if path.suffix.lower() == ".parquet" and _holds_images(path):
+        import datasets
+
+        loaded = _call_datasets(datasets.load_dataset, "parquet", data_files={"train": str(path)}, where=str(path))
+        return _from_datasets(loaded, str(path), label_column, bias_label_column, split_column, image_column,
+                              bias_csv)
     return _finish(_table(_read_table(path), path.parent, str(path), label_column, bias_label_column,
                           split_column, image_column, bias_csv))
 
@@ -154,6 +160,18 @@ def _from_folder(path: Path, label_column, bias_label_column, split_column, imag
         return _from_datasets(_call_datasets(datasets.load_dataset, str(path), where=str(path)), str(path),
                               label_column, bias_label_column, split_column, image_column, bias_csv)
     return _finish(_class_folders(path, label_column, bias_label_column, split_column, image_column, bias_csv))
+
+
+def _holds_images(path: Path) -> bool:
+    """Whether a parquet file stores images inside (an ``Image`` feature or a ``{bytes, path}`` struct)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = pq.read_schema(path)
+    features = json.loads((schema.metadata or {}).get(b"huggingface", b"{}")).get("info", {}).get("features", {})
+    if any(isinstance(f, dict) and f.get("_type") == "Image" for f in features.values()):
+        return True
+    return any(pa.types.is_struct(f.type) and f.type.get_field_index("bytes") >= 0 for f in schema)
 
 
 def _from_hub_id(name: str, revision, label_column, bias_label_column, split_column, image_column, bias_csv):
@@ -235,6 +253,19 @@ def _class_folders(root: Path, label_column, bias_label_column, split_column, im
         warnings.warn(f"Class folders without images (their classes are kept): {', '.join(empty[:_SHOW])}.",
                       stacklevel=4)
     names = sorted(classes)
+    if len(names) == 1:
+        inner = _other_layout(root / names[0]) if not split_folders else None
+        if inner:
+            raise ValueError(f"{root} has a single class folder, {names[0]}/, which holds {inner}: pass "
+                             f"{root / names[0]} as the dataset.")
+        warnings.warn(f"{root} has a single class ({names[0]}).", stacklevel=4)
+    if split_folders:
+        trained = {c for c, s in zip(class_of, splits) if s == "train"}
+        for split in ("validation", "test"):
+            extra = sorted({c for c, s in zip(class_of, splits) if s == split} - trained)
+            if extra and trained:
+                warnings.warn(f"The {split} split of {root} has classes that train has no image of: "
+                              f"{', '.join(extra[:_SHOW])}.", stacklevel=4)
     index = {name: i for i, name in enumerate(names)}
     use_splits = bool(split_folders) and split_column is None
     files = _Files(root, str(root), paths, _Labels([index[c] for c in class_of], names),
@@ -246,8 +277,23 @@ def _class_folders(root: Path, label_column, bias_label_column, split_column, im
     return files
 
 
+_SKIPPED_FOLDERS = ("__MACOSX",)  # resource forks that macOS zips carry along
+
+
+def _skipped(name: str) -> bool:
+    return name.startswith(".") or name in _SKIPPED_FOLDERS
+
+
+def _other_layout(folder: Path) -> str | None:
+    """What in ``folder`` marks a dataset that is not class folders (a metadata table, CelebA, data files)."""
+    for name in [f"metadata{s}" for s in TABLE_SUFFIXES] + list(CELEBA_ATTRIBUTE_FILES) + ["dataset_dict.json"]:
+        if (folder / name).is_file():
+            return name
+    return None
+
+
 def _subfolders(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not _skipped(p.name))
 
 
 def _walk_files(folder: Path, max_depth: int | None = None):
@@ -256,7 +302,7 @@ def _walk_files(folder: Path, max_depth: int | None = None):
     for dirpath, dirnames, filenames in os.walk(folder):
         if max_depth is not None and len(Path(dirpath).parts) - base >= max_depth:
             dirnames[:] = []
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        dirnames[:] = sorted(d for d in dirnames if not _skipped(d))
         for name in sorted(filenames):
             if not name.startswith("."):
                 yield Path(dirpath, name)
@@ -341,7 +387,7 @@ def _resolve_paths(values: Sequence[Any], root: Path, where: str, column: str) -
         if value is None or not str(value).strip():
             raise ValueError(f"{where}: row {row} has no image path in column {column!r}.")
         keys.append(_normalise(str(value), root))
-    files = {p.relative_to(root).as_posix() for p in _walk_files(root)}
+    files = _relative_files(root)
     by_name = defaultdict(list)
     for relative in files:
         by_name[relative.rsplit("/", 1)[-1]].append(relative)
@@ -366,6 +412,17 @@ def _resolve_paths(values: Sequence[Any], root: Path, where: str, column: str) -
         raise ValueError(f"{where}: the paths in column {column!r} are found in several folders under {root} "
                          f"({', '.join(repr(p) for p in tied)}); make them relative to {root}.")
     return [k if os.path.isabs(k) else complete[0] + k for k in keys]
+
+
+def _relative_files(root: Path) -> set[str]:
+    """The posix paths, relative to ``root``, of every non-hidden file under it."""
+    files = set()
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = [d for d in dirnames if not _skipped(d)]
+        relative = os.path.relpath(dirpath, root).replace(os.sep, "/")
+        prefix = "" if relative == "." else relative + "/"
+        files.update(prefix + name for name in filenames if not name.startswith("."))
+    return files
 
 
 def _normalise(path: str, root: Path) -> str:
@@ -727,6 +784,8 @@ def _from_datasets(dataset, where: str, label_column, bias_label_column, split_c
         if not isinstance(part.features["image"], datasets.Image):
             part = part.cast_column("image", datasets.Image())
         result[split] = part
+    if list(result) == ["train"]:
+        warnings.warn(f"{where} has only a train split: hold out evaluation data yourself.", stacklevel=4)
     return _checked(datasets.DatasetDict(result), where)
 
 
