@@ -63,7 +63,11 @@ def gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
 
 
 def gather(tensor: torch.Tensor) -> torch.Tensor:
-    """``tensor`` from every process, concatenated along dim 0, without gradients (labels and the like)."""
+    """``tensor`` from every process, concatenated along dim 0, without gradients (labels and the like).
+    Integer tensors are gathered as int64, so processes whose labels came in different integer dtypes agree
+    (a collective over mismatched dtypes aborts the process group)."""
+    if not tensor.is_floating_point() and not tensor.is_complex():
+        tensor = tensor.long()
     if not is_distributed():
         return tensor
     return _gather_padded(tensor.detach(), _sizes(tensor))

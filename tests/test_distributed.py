@@ -20,6 +20,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from hf_debias import EnDConfig, RRClArCConfig, compute_cav, get_debias_model
+from hf_debias.distributed import gather
 
 WORLD = 2
 BATCH = 16
@@ -72,7 +73,9 @@ def worker(rank: int, port: int, folder: str) -> None:
     out.loss.backward()
     results["end_penalty"] = out.penalty.item()
     if rank == 0:
-        save_file({name: p.grad.contiguous() for name, p in model.named_parameters()}, str(out_dir / "grads.st"))
+        # parameters EnD froze (the head's bias under normalize_forward="train") have no gradient
+        save_file({name: p.grad.contiguous() for name, p in model.named_parameters() if p.grad is not None},
+                  str(out_dir / "grads.st"))
 
     # 2. A step where this process's own half has no same-bias pair (global and per-process penalty) completes.
     for global_batch in (True, False):
@@ -113,6 +116,16 @@ def worker(rank: int, port: int, folder: str) -> None:
         results["mismatch"] = None
     except ValueError as error:
         results["mismatch"] = str(error)
+
+    # 6. Labels in another integer dtype on one process (int32 here, int64 there): EnD's global-batch gather and
+    # the plain gather agree instead of aborting gloo, and the loss is the all-int64 one.
+    model = norm_free_model()
+    wrapped = get_debias_model(model, EnDConfig(alpha=1.0, beta=1.0)).train()
+    dtype = torch.int64 if rank == 0 else torch.int32
+    out = wrapped(x[local], labels=y[local].to(dtype), bias_labels=b[local].to(dtype))
+    results["mixed_dtype_penalty"] = out.penalty.item()
+    gathered = gather(b[local].to(torch.uint8 if rank == 0 else torch.int16))
+    results["mixed_dtype_gather"] = [str(gathered.dtype), gathered.tolist()]
 
     (out_dir / f"results_{rank}.json").write_text(json.dumps(results))
     torch.distributed.destroy_process_group()
@@ -160,12 +173,23 @@ def test_end_on_two_processes_equals_one_process_on_the_whole_batch(runs):
     assert results[0]["end_penalty"] == pytest.approx(out.penalty.item(), abs=1e-5)
     assert results[1]["end_penalty"] == pytest.approx(out.penalty.item(), abs=1e-5)
     grads = load_file(str(folder / "grads.st"))
+    assert set(grads) == set(expected)
     for name, grad in expected.items():
         assert torch.allclose(grads[name], grad, atol=1e-5), name
     # ...and differs from the per-process penalty, which is what a naive port would compute.
     half = EnDConfig(alpha=1.0, beta=1.0)
     local = get_debias_model(norm_free_model(), half).train()(x[:8], labels=y[:8], bias_labels=b[:8])
     assert abs(local.penalty.item() - out.penalty.item()) > 1e-3
+
+
+def test_labels_of_different_integer_dtypes_on_each_process_agree(runs):
+    _, results = runs
+    # both processes computed the global penalty, equal to the one of the all-int64 run of scenario 1
+    assert results[0]["mixed_dtype_penalty"] == pytest.approx(results[0]["end_penalty"], rel=1e-6)
+    assert results[1]["mixed_dtype_penalty"] == pytest.approx(results[0]["end_penalty"], rel=1e-6)
+    _, _, b = batch()
+    for rank in range(WORLD):
+        assert results[rank]["mixed_dtype_gather"] == ["torch.int64", b.tolist()]
 
 
 def test_a_process_without_same_bias_pairs_completes_the_step(runs):
