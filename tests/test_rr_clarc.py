@@ -10,7 +10,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from hf_debias import CAV, RRClArCConfig, get_debias_model
-from hf_debias.functional.rr_clarc import AGGREGATIONS, GRADIENT_TARGETS, gradient_target_output, rr_clarc_penalty
+from hf_debias.functional import AGGREGATIONS, GRADIENT_TARGETS, gradient_target_output, latent_gradient, rr_clarc_penalty
+from hf_debias.functional.rr_clarc import latent_gradient_depends_on_input
 
 
 def pooled_linear_model(channels=6, classes=4):
@@ -74,6 +75,45 @@ def test_gradient_targets_pick_the_right_logits():
     assert torch.allclose(weights("mean_log_prob"), expected, atol=1e-6)
 
 
+def test_official_logprobs_is_log_of_softmax_plus_1e5_and_differs_from_mean_log_prob_on_a_confident_model():
+    # A confident 10-class model: the predicted class has p ~ 1, the others p ~ e^-20 << 1e-5.
+    logits = torch.full((3, 10), -10.0)
+    logits[torch.arange(3), torch.tensor([0, 4, 9])] = 10.0
+    logits += 0.1 * torch.randn(3, 10, generator=torch.Generator().manual_seed(0))
+    logits.requires_grad_(True)
+    official = gradient_target_output(logits, "official_logprobs")
+    reference = torch.log(torch.softmax(logits, dim=1) + 1e-5).mean(dim=1).sum()  # the official code's `logprobs`
+    assert official.item() == pytest.approx(reference.item(), rel=1e-6)
+    ours = gradient_target_output(logits, "mean_log_prob")
+    assert ours.item() == pytest.approx(F.log_softmax(logits, 1).mean(1).sum().item(), rel=1e-6)
+    assert ours.item() < official.item() - 10  # log p of the unlikely classes is ~ -20, floored at log 1e-5 ~ -11.5
+    (g_official,) = torch.autograd.grad(official, logits)
+    (g_reference,) = torch.autograd.grad(reference, logits)
+    (g_ours,) = torch.autograd.grad(gradient_target_output(logits, "mean_log_prob"), logits)
+    assert torch.allclose(g_official, g_reference, atol=1e-7)
+    assert g_official.abs().max() < 1e-3  # the +1e-5 removes almost all of the gradient of a confident model
+    assert (g_ours - g_official).abs().max() == pytest.approx(0.9, abs=1e-3)  # 1/K - p_max for the winner
+
+
+def test_functions_are_importable_from_functional():
+    import hf_debias.functional as functional
+    import hf_debias.functional.rr_clarc as module
+
+    for name in ("rr_clarc_penalty", "gradient_target_output", "latent_gradient", "GRADIENT_TARGETS"):
+        assert getattr(functional, name) is getattr(module, name)
+    a = torch.randn(2, 3, requires_grad=True)
+    assert torch.equal(latent_gradient((a * 2).sum(), a), torch.full((2, 3), 2.0))
+
+
+def test_the_trainer_flag_offers_every_gradient_target():
+    from dataclasses import fields
+
+    from hf_debias import DebiasTrainingArguments
+
+    field = next(f for f in fields(DebiasTrainingArguments) if f.name == "rrclarc_gradient_target")
+    assert field.metadata["choices"] == list(GRADIENT_TARGETS) and "official_logprobs" in field.metadata["choices"]
+
+
 def _conv_model():
     return timm.create_model("test_resnet", pretrained=False, num_classes=3)
 
@@ -82,8 +122,13 @@ def _vit_model():
     return timm.create_model("test_vit", pretrained=False, num_classes=3, img_size=32)
 
 
-@pytest.mark.parametrize("target", GRADIENT_TARGETS)
-@pytest.mark.parametrize("aggregation", AGGREGATIONS)
+# Targets (the scalar differentiated) and aggregations (how its gradient is reduced) are independent code paths:
+# every target with the paper's aggregation and every aggregation with the paper's target, on both model kinds.
+TARGET_AND_AGGREGATION = sorted({(target, "l2_mean") for target in GRADIENT_TARGETS}
+                                | {("random_signs", aggregation) for aggregation in AGGREGATIONS})
+
+
+@pytest.mark.parametrize("target,aggregation", TARGET_AND_AGGREGATION)
 @pytest.mark.parametrize("kind,layer,channels", [("conv", "layer2", 48), ("vit", "blocks.0", 64)])
 def test_every_target_and_aggregation_trains_conv_and_vit(kind, layer, channels, target, aggregation):
     torch.manual_seed(0)
@@ -229,3 +274,68 @@ def test_the_linear_head_warning_suggests_mean_pooling_only_for_a_max_pooled_cav
         wrapped.train()(torch.randn(3, 3, 4, 4), labels=torch.zeros(3, dtype=torch.long))
     hints = [str(w.message) for w in caught if "pooling='mean'" in str(w.message)]
     assert bool(hints) == (pooling == "max")
+
+
+# --------------------------------------------------------------------------- the linear-head warning
+def _warnings_of_one_step(model, layer, channels, batch=4, size=32, **config):
+    torch.manual_seed(0)
+    wrapped = get_debias_model(model, RRClArCConfig(layer=layer, cav=random_cav(channels, layer=layer), **config))
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            wrapped.train()(torch.randn(batch, 3, size, size), labels=torch.arange(batch) % 3)
+    finally:
+        wrapped.unload()
+    return [str(w.message) for w in caught if "Only linear operations" in str(w.message)]
+
+
+@pytest.fixture(scope="module")
+def resnet50():
+    return timm.create_model("resnet50", pretrained=False, num_classes=3)
+
+
+def test_no_linear_head_warning_on_resnet50_layer3_under_the_default_freeze(resnet50):
+    # Under conv_norm BatchNorm is in eval mode, so layer4 is piecewise linear: its second derivative is zero, but
+    # the latent gradient still changes from image to image through the ReLU pattern.
+    assert _warnings_of_one_step(resnet50, "layer3", 1024) == []
+
+
+def test_the_warning_fires_after_the_last_stage_with_advice_for_conv_norm(resnet50):
+    (message,) = _warnings_of_one_step(resnet50, "layer4", 2048)  # followed only by global pooling and fc
+    assert "Under freeze='conv_norm' nothing before 'layer4' trains here" in message
+    assert "freeze='before_layer'" in message and "head-only correction" in message
+
+
+@pytest.mark.parametrize("freeze", ["before_layer", "none"])
+def test_the_warning_on_a_pooled_linear_head_advises_an_earlier_layer(freeze):
+    (message,) = _warnings_of_one_step(pooled_linear_model(), "0", 6, size=4, freeze=freeze)
+    assert f"choose an earlier layer (see `hf-debias layers MODEL`) with a CAV computed there; freeze={freeze!r} " \
+           "then trains the layers in between" in message
+
+
+@pytest.mark.parametrize("layer", ["blocks.0", "blocks.11"])
+def test_no_linear_head_warning_on_a_vit_block(layer):
+    vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=3, img_size=32)
+    assert _warnings_of_one_step(vit, layer, 192) == []
+
+
+def test_the_check_waits_for_a_batch_of_different_images():
+    wrapped = get_debias_model(pooled_linear_model(), RRClArCConfig(layer="0", cav=random_cav(6, layer="0"),
+                                                                    freeze="none")).train()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # neither a single image nor two identical ones can show independence
+        wrapped(torch.randn(1, 3, 4, 4), labels=torch.zeros(1, dtype=torch.long))
+        wrapped(torch.ones(2, 3, 4, 4), labels=torch.zeros(2, dtype=torch.long))
+    with pytest.warns(UserWarning, match="Only linear operations"):
+        wrapped(torch.randn(2, 3, 4, 4), labels=torch.zeros(2, dtype=torch.long))
+
+
+def test_the_input_dependence_measure_on_affine_and_relu_tails():
+    a = torch.randn(5, 4, 3, 3, requires_grad=True)
+    head = nn.Linear(4, 3)
+    affine = head(a.mean(dim=(2, 3)))
+    assert latent_gradient_depends_on_input(affine, a) is False
+    relu = head(torch.relu(a).mean(dim=(2, 3)))
+    assert latent_gradient_depends_on_input(relu, a) is True
+    assert latent_gradient_depends_on_input(head(a[:1].mean(dim=(2, 3))), a[:1]) is None  # one image
+    assert latent_gradient_depends_on_input(head(a.mean(dim=(2, 3))) * 0, a) is None  # zero gradient

@@ -1,14 +1,32 @@
-"""Pool a layer's activation to one value per channel, the space CAVs live in."""
+"""Pool a layer's activation to one value per channel, the space CAVs live in, and find out which pooling the
+model itself applies to a layer (``auto_pooling``)."""
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
+from torch import nn
 
 from .._validation import check_choice
 
 POOLINGS = ("max", "mean", "cls")
 """``max`` / ``mean``: over the spatial positions of a conv map ``[N, C, H, W]`` or the tokens of ``[N, T, C]``;
 ``cls``: the first token of ``[N, T, C]``. Activations that are already ``[N, C]`` are used as they are."""
+
+AUTO = "auto"
+POOLING_CHOICES = (AUTO, *POOLINGS)
+"""What ``compute_cav`` and ``hf-debias cav`` accept: a pooling, or ``auto`` (``auto_pooling`` chooses)."""
+
+PROBE_IMAGES = 8
+"""How many images of the first batch ``auto_pooling`` runs through the whole model."""
+
+
+class PoolingChoice(NamedTuple):
+    """The pooling ``auto_pooling`` chose and why, in one line."""
+
+    pooling: str
+    reason: str
 
 
 def pool_activation(activation: torch.Tensor, pooling: str = "max") -> torch.Tensor:
@@ -45,3 +63,78 @@ def shift_along(activation: torch.Tensor, direction: torch.Tensor, amount: torch
     if activation.dim() == 2:
         return activation + amount[:, None] * direction[None, :]
     raise ValueError(f"Cannot shift an activation shaped {tuple(activation.shape)}.")
+
+
+def pooling_from_gradient(grad: torch.Tensor, layer: str = "the layer") -> PoolingChoice:
+    """Which pooling the rest of the model applies to a layer, read from the gradient of (a combination of) the
+    logits with respect to its activation, ``[N, C, H, W]``, ``[N, T, C]`` or ``[N, C]``:
+
+    - ``mean`` when the gradient is the same at every position: only per-channel affine operations (eval-mode
+      BatchNorm, identity) lie between the layer and a global average pool, so the model reads its mean;
+    - ``cls`` when only the first token has a gradient: the head reads the class token;
+    - ``max`` otherwise (the paper's choice): the later layers read the layer position by position.
+    """
+    if grad.dim() == 2:
+        return PoolingChoice("mean", f"{layer} is already one vector per image ([N, C]): pooling does not apply")
+    grad = grad.detach().double()
+    positions = (2, 3) if grad.dim() == 4 else (1,)
+    if all(grad.shape[dim] == 1 for dim in positions):
+        return PoolingChoice("mean", f"{layer} has one position per image at this input size, where mean and max "
+                                     "pooling agree")
+    scale = float(grad.abs().amax())
+    if not scale > 0:  # zero or NaN
+        return PoolingChoice("max", f"the logits do not respond to {layer} on the probe images, so how the model "
+                                    "reads it could not be measured; max is the paper's choice")
+    if bool(((grad - grad.mean(dim=positions, keepdim=True)).abs() <= 1e-4 * scale).all()):
+        return PoolingChoice("mean", f"the logits' gradient is the same at every position of {layer}, so the model "
+                                     "reads it through global average pooling")
+    if grad.dim() == 3 and bool((grad[:, 1:].abs() <= 1e-6 * scale).all()):
+        return PoolingChoice("cls", f"only the first token of {layer} reaches the logits: the head reads the class "
+                                    "token")
+    return PoolingChoice("max", f"the later layers read {layer} position by position (the logits' gradient differs "
+                                "between positions); max is the paper's choice there")
+
+
+def auto_pooling(model: nn.Module, layer: str | None, pixel_values: torch.Tensor) -> PoolingChoice:
+    """The pooling that ``model`` itself applies to ``layer``, measured on a few images (see
+    ``pooling_from_gradient``): one forward and one backward pass on at most ``PROBE_IMAGES`` of
+    ``pixel_values``, in eval mode, with the model's parameters left as they are."""
+    from ..hooks import LayerHook
+    from ..layers import resolve_layer
+    from ..loading import model_device
+    from ..model import logits_of
+
+    ref = resolve_layer(model, layer)
+    captured: dict[str, torch.Tensor] = {}
+
+    def differentiable(activation: torch.Tensor) -> torch.Tensor:
+        captured["a"] = activation if activation.requires_grad else activation.detach().requires_grad_(True)
+        return captured["a"].clone()  # later in-place operations must not modify the captured tensor
+
+    images = pixel_values[:PROBE_IMAGES].to(model_device(model))
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.enable_grad():
+            hook = LayerHook(ref, transform=differentiable)
+            try:
+                logits = logits_of(model(images))
+            except ValueError:  # the layer returns a tuple: read its first tensor (needs trainable parameters)
+                hook.remove()
+                hook = LayerHook(ref)
+                logits = logits_of(model(images))
+                captured["a"] = hook.activation
+            finally:
+                hook.remove()
+            latent = captured.get("a")
+            if latent is None or not latent.requires_grad:
+                return PoolingChoice("max", f"the gradient at {ref.spec!r} could not be taken, so how the model "
+                                            "reads it was not measured; max is the paper's choice")
+            weights = torch.randn(logits.shape[1], generator=torch.Generator().manual_seed(0))
+            (grad,) = torch.autograd.grad((logits.float() @ weights.to(logits.device)).sum(), latent,
+                                          allow_unused=True)
+    finally:
+        model.train(was_training)
+    if grad is None:
+        return PoolingChoice("max", f"the logits do not depend on {ref.spec!r}; max is the paper's choice")
+    return pooling_from_gradient(grad, repr(ref.spec))

@@ -19,10 +19,20 @@ AGGREGATIONS = ("l2_mean", "l2", "l1_mean", "l1", "cosine_mean", "cosine")
 """``l2_mean`` is the paper's loss: the squared projection of the spatial / token *mean* gradient. Without
 ``_mean`` the projection is taken at every position and averaged; ``l1`` uses |·|, ``cosine`` |cos(g, h)|."""
 
-GRADIENT_TARGETS = ("random_signs", "all_logits", "class", "true_label", "max_logit", "mean_log_prob")
-"""What is differentiated: ``random_signs`` (±1 per sample and logit, redrawn each step; the paper's default),
-``all_logits`` (the sum of the logits), ``class`` (one chosen class's logit), ``true_label`` (each sample's label
-logit), ``max_logit`` (each sample's largest logit) and ``mean_log_prob`` (the mean log-probability)."""
+GRADIENT_TARGETS = ("random_signs", "all_logits", "class", "true_label", "max_logit", "mean_log_prob",
+                    "official_logprobs")
+"""What is differentiated, summed over the batch: ``random_signs`` (±1 per sample and logit, redrawn each step;
+the paper's default), ``all_logits`` (the sum of the logits), ``class`` (one chosen class's logit), ``true_label``
+(each sample's label logit), ``max_logit`` (each sample's largest logit), ``mean_log_prob`` (the mean over classes
+of the exact ``log_softmax``) and ``official_logprobs`` (the official code's ``logprobs``: the mean over classes of
+``log(softmax + 1e-5)``, see ``OFFICIAL_LOGPROBS_EPS``)."""
+
+OFFICIAL_LOGPROBS_EPS = 1e-5
+"""The constant the official RR-ClArC code adds inside the log of ``logprobs``. It bounds ``log p`` below by
+``log 1e-5`` and all but removes the gradient of every class whose probability is far below 1e-5, so on a
+confident model ``official_logprobs`` and ``mean_log_prob`` differ: ``mean_log_prob``'s gradient with respect to
+logit ``j`` is ``1/K - p_j`` (about -0.9 for the predicted class of a confident 10-class model), while
+``official_logprobs`` weights class ``k``'s term by ``p_k / (p_k + 1e-5)`` (about 0 for the unlikely classes)."""
 
 
 def channels_last(latent: torch.Tensor, name: str = "latent_grad") -> torch.Tensor:
@@ -106,7 +116,40 @@ def gradient_target_output(logits: torch.Tensor, target: str, *, labels: torch.T
         return logits.gather(1, labels.long().view(-1, 1)).sum()
     if target == "max_logit":
         return logits.max(dim=1).values.sum()
+    if target == "official_logprobs":
+        return (F.softmax(logits, dim=1) + OFFICIAL_LOGPROBS_EPS).log().mean(dim=1).sum()
     return F.log_softmax(logits, dim=1).mean(dim=1).sum()  # mean_log_prob
+
+
+def latent_gradient_depends_on_input(logits: torch.Tensor, latent: torch.Tensor, *,
+                                     rtol: float = 1e-5) -> bool | None:
+    """Whether the gradient of the logits with respect to ``latent`` differs between the images of the batch.
+
+    It is measured, not inferred from the architecture: the gradient of one fixed random combination of the
+    logits (the same for every sample, so that the gradient target's own per-sample weights — random signs, the
+    label, the softmax — play no part) is compared between the samples whose activations differ. ``False`` means
+    it is equal for all of them up to ``rtol`` times its largest entry: the layers after ``latent`` are affine
+    (e.g. global pooling and a linear head), so the penalty sees the same gradient for every image. A piecewise
+    linear (ReLU) network gives ``True``: its gradient changes with the activation pattern.
+
+    Returns ``None`` when it cannot tell: fewer than two samples with different activations, or a zero gradient.
+    ``latent`` must be in the graph of ``logits``; the graph is kept (``retain_graph=True``).
+    """
+    flat = latent.detach().flatten(1)
+    distinct = (flat - flat[:1]).abs().amax(dim=1) > 0
+    distinct[0] = True
+    if int(distinct.sum()) < 2:
+        return None
+    weights = torch.randn(logits.shape[1], generator=torch.Generator().manual_seed(0))
+    combination = (logits.float() @ weights.to(logits.device)).sum()
+    (grad,) = torch.autograd.grad(combination, latent, retain_graph=True, allow_unused=True)
+    if grad is None:
+        return None
+    grad = grad.detach()[distinct].flatten(1).double()
+    scale = float(grad.abs().amax())
+    if scale == 0.0 or scale != scale:  # zero (dead units) or NaN: nothing to compare
+        return None
+    return bool((grad - grad[:1]).abs().amax() > rtol * scale)
 
 
 def latent_gradient(output: torch.Tensor, activation: torch.Tensor, *, create_graph: bool = True) -> torch.Tensor:

@@ -11,8 +11,10 @@ from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ...freezing import FrozenParameters
-from ...functional.rr_clarc import gradient_target_output, rr_clarc_penalty
+from ...cav.pooling import pooling_from_gradient
+from ...functional.rr_clarc import channels_last, gradient_target_output, latent_gradient_depends_on_input, rr_clarc_penalty
 from ...hooks import LayerHook
+from ...layers import LayerRef
 from ..base import Penalty
 from ..cav_method import CAVMethod
 from .config import RRClArCConfig
@@ -37,6 +39,7 @@ class RRClArC(CAVMethod):
             raise ValueError(f"freeze={config.freeze!r} leaves no trainable parameter in "
                              f"{type(model).__name__}; choose freeze='none' or 'before_layer' with an earlier layer.")
         self.hook = LayerHook(self.layer, transform=self._differentiable)
+        self._trains_before_layer = _trains_before(model, self.layer)
         self._checked_linearity = False
         self._latent: torch.Tensor | None = None
 
@@ -84,37 +87,59 @@ class RRClArC(CAVMethod):
             raise ValueError(f"The RR-ClArC penalty at {self.layer.spec!r} does not depend on any trainable "
                              f"parameter (freeze={config.freeze!r}); unfreeze the layers after it.")
         if not self._checked_linearity:
-            self._checked_linearity = True
-            self._warn_if_input_independent(grad, latent)
+            self._warn_if_input_independent(logits, latent, grad)
         return Penalty(total=config.lamb * value, terms={"rrclarc_penalty": value.detach()})
 
-    def _warn_if_input_independent(self, grad: torch.Tensor, latent: torch.Tensor) -> None:
-        """When only pooling and a linear head follow the layer, the latent gradient is the same for every image
-        (methods.md §2): the penalty can then only turn the head away from the CAV. Say so, once."""
-        (second,) = torch.autograd.grad(grad.sum(), latent, retain_graph=True, allow_unused=True)
-        if second is None or not torch.any(second != 0):
-            hint = ""
-            if self.cav.pooling == "max" and grad.dim() > 2 and _same_at_every_position(grad):
-                hint = (" The head reads the mean over positions of this layer, so a CAV computed with "
-                        "pooling='mean' is the direction it sees; this one was computed with pooling='max' "
-                        "(on the controlled-artifact benchmark mean pooling took the attacked-vs-clean gap "
-                        "from 4.4 to 1.5 points).")
-            warnings.warn(
-                f"Only linear operations (pooling, the linear head) follow {self.layer.spec!r}: the latent gradient "
-                "does not depend on the image, so RR-ClArC only turns the head away from the CAV and a larger lamb "
-                "changes nothing once that is done. For a per-image correction use an earlier layer (see "
-                "`hf-debias layers MODEL`) with a CAV computed there, and train the layers in between "
-                f"(freeze='before_layer').{hint}",
-                stacklevel=7,  # the user call: model(...) -> _call_impl -> forward -> _forward -> penalty
-            )
+    def _warn_if_input_independent(self, logits: torch.Tensor, latent: torch.Tensor, grad: torch.Tensor) -> None:
+        """When only affine operations (pooling, the linear head) follow the layer, the logits' gradient there is
+        the same for every image (methods.md §2): the penalty can then only turn the head away from the CAV. This
+        is measured on the batch (``latent_gradient_depends_on_input``); say so, once, with advice that fits the
+        freeze policy. A batch that cannot tell (one image, identical images) defers the check to the next one."""
+        depends = latent_gradient_depends_on_input(logits, latent)
+        if depends is None:
+            return
+        self._checked_linearity = True
+        if depends:
+            return
+        layer, freeze = self.layer.spec, self.config.freeze
+        hint = ""
+        read_as = pooling_from_gradient(grad, repr(layer))
+        if read_as.pooling != self.cav.pooling and channels_last(grad).shape[1] > 1:
+            hint = (f" The model reads this layer through pooling={read_as.pooling!r} ({read_as.reason}), so a CAV "
+                    f"computed with pooling={read_as.pooling!r} is the direction it sees; this one was computed with "
+                    f"pooling={self.cav.pooling!r}")
+            hint += (" (on the controlled-artifact benchmark mean pooling took the attacked-vs-clean gap from 4.4 to "
+                     "1.5 points)." if read_as.pooling == "mean" and self.cav.pooling == "max" else ".")
+        if freeze != "before_layer" and not self._trains_before_layer:
+            advice = (f"Under freeze={freeze!r} nothing before {layer!r} trains here, so an earlier layer alone would "
+                      "still correct only the head: for a per-image correction of the features choose an earlier "
+                      "layer (see `hf-debias layers MODEL`) with a CAV computed there and freeze='before_layer' "
+                      "(trains the layers in between; about 1.5x a vanilla step) or freeze='none', or accept this "
+                      "head-only correction.")
+        else:
+            advice = ("For a per-image correction choose an earlier layer (see `hf-debias layers MODEL`) with a CAV "
+                      f"computed there; freeze={freeze!r} then trains the layers in between"
+                      + (" (about 1.5x a vanilla step)." if freeze == "before_layer" else "."))
+        warnings.warn(
+            f"Only linear operations (pooling, the linear head) follow {layer!r}: the latent gradient does not "
+            "depend on the image (measured: it is the same for every image of the batch), so RR-ClArC only turns "
+            f"the head away from the CAV and a larger lamb changes nothing once that is done. {advice}{hint}",
+            stacklevel=7,  # the user call: model(...) -> _call_impl -> forward -> _forward -> penalty
+        )
 
     def remove(self) -> None:
         self.hook.remove()
         self.frozen.restore()
 
 
-def _same_at_every_position(grad: torch.Tensor) -> bool:
-    """Whether a latent gradient (``[N, C, H, W]`` conv map or ``[N, T, C]`` tokens, as ``rr_clarc_penalty``
-    reads them) is the same at every position: the layer is read through its mean (global average pooling)."""
-    positions = (2, 3) if grad.dim() == 4 else (1,)
-    return bool(torch.allclose(grad, grad.mean(dim=positions, keepdim=True), rtol=1e-4, atol=1e-12))
+def _trains_before(model: nn.Module, layer: LayerRef) -> bool:
+    """Whether any parameter used before ``layer``'s activation (module registration order, the layer's own
+    included when its output is meant) is trainable: then a CAV at an earlier layer has trainable layers after it."""
+    for _, module in model.named_modules():
+        if module is layer.module and layer.on_input:
+            return False
+        if any(parameter.requires_grad for parameter in module.parameters(recurse=False)):
+            return True
+        if module is layer.module:
+            return any(parameter.requires_grad for parameter in module.parameters())
+    return False
