@@ -14,21 +14,12 @@ Each part prints a table and writes a JSON + PNG report.
 
 from __future__ import annotations
 
-import copy
-import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import timm
-import torch
-
-from .cav import compute_cav
-from .data import colour_digits_arrays, controlled_artifact_arrays
-from .methods import EnDConfig, RRClArCConfig
-from .metrics import directional_derivatives, group_accuracy, model_artifact_accuracy, tcav
-from .model import get_debias_model
-from .report import format_table, write_report
-from .fit_loop import FitConfig, fit, images_to_tensor, predict
+if TYPE_CHECKING:  # DemoSettings is read by `hf-debias demo --help`, which must not wait for torch
+    import torch
 
 
 @dataclass
@@ -58,6 +49,9 @@ class DemoSettings:
 
 def evaluate_on_splits(model: torch.nn.Module, splits: dict) -> dict[str, float]:
     """Unbiased / conflicting / worst-group figures on ``test_unbiased`` plus accuracy on ``test_biased``."""
+    from .fit_loop import predict
+    from .metrics import group_accuracy
+
     x, y, b = splits["test_unbiased"]
     unbiased = group_accuracy(predict(model, x), y, b, aligned_bias="identity")
     x, y, b = splits["test_biased"]
@@ -86,6 +80,15 @@ def run_demo(settings: DemoSettings | None = None, log=print) -> dict[str, dict[
 
 def run_end_demo(settings: DemoSettings, log=print) -> dict[str, dict[str, float]]:
     """Train vanilla and EnD, print the comparison, write ``report.json`` / ``report.png``; return the rows."""
+    import timm
+    import torch
+
+    from .data import colour_digits_arrays
+    from .fit_loop import FitConfig, fit, images_to_tensor
+    from .methods import EnDConfig
+    from .model import get_debias_model
+    from .report import format_table, write_report
+
     log(f"Part 1, EnD. Building Colour-Digits (rho={settings.rho}, {settings.n_train:,} training images, "
         "offline) ...")
     arrays = colour_digits_arrays(settings.rho, n_train=settings.n_train, n_validation=10, n_test=settings.n_test,
@@ -127,6 +130,20 @@ ARTIFACT_METRICS = (("clean_accuracy", "clean"), ("attacked_accuracy", "attacked
 def run_rrclarc_demo(settings: DemoSettings, log=print) -> dict[str, dict[str, float]]:
     """Vanilla learns the patch shortcut; RR-ClArC, fine-tuned along the patch CAV, removes it. Writes
     ``rrclarc_report.json`` / ``rrclarc_report.png``; returns the rows."""
+    import copy
+    import warnings
+
+    import timm
+    import torch
+
+    from .cav import compute_cav
+    from .data import controlled_artifact_arrays
+    from .fit_loop import FitConfig, fit, images_to_tensor
+    from .methods import RRClArCConfig
+    from .metrics import directional_derivatives, model_artifact_accuracy, tcav
+    from .model import get_debias_model
+    from .report import format_table, write_report
+
     log(f"\nPart 2, RR-ClArC. Building the controlled-artifact digits ({settings.artifact_n_train:,} training "
         "images; a corner patch in 80% of class 0) ...")
     arrays = controlled_artifact_arrays(n_train=settings.artifact_n_train, n_validation=10, n_test=settings.n_test,

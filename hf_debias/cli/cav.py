@@ -1,9 +1,5 @@
 """``hf-debias cav``: compute a bias CAV for a model from a dataset with a concept column, or from two image
-folders (images with the concept, images without), and save it as ``cav.safetensors`` + ``cav_config.json``.
-
-    hf-debias cav simple_convnet --layer stages.2 --dataset controlled-artifact --only-class 0 --output-dir cav
-    hf-debias cav resnet18 --layer layer3 --concept-dir ruler/ --clean-dir no_ruler/ --concept ruler --output-dir cav
-"""
+folders (images with the concept, images without), and save it as ``cav.safetensors`` + ``cav_config.json``."""
 
 from __future__ import annotations
 
@@ -11,12 +7,24 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..cav import CAV_METHODS, POOLINGS
+from ._parsing import HelpFormatter
 
 if TYPE_CHECKING:
     import torch
 
+DESCRIPTION = """Compute a bias CAV (concept activation vector) for MODEL at --layer, from a dataset with a 0/1
+concept column or from two image folders (images with the concept, images without), and save it as
+cav.safetensors + cav_config.json in --output-dir (optionally also on the Hub).
+
+    hf-debias cav simple_convnet --layer stages.2 --dataset controlled-artifact --only-class 0 --output-dir cav
+    hf-debias cav resnet18 --layer layer3 --concept-dir ruler/ --clean-dir no_ruler/ --concept ruler \\
+        --output-dir cav
+"""
 CONTROLLED_ARTIFACT = "controlled-artifact"
+# hf_debias.cav.CAV_METHODS / POOLINGS, written out so that the parser is built without importing torch (a test
+# checks that they agree).
+CAV_METHODS = ("signal", "fastcav", "svm", "ridge", "lasso", "logistic")
+POOLINGS = ("max", "mean", "cls")
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
 
@@ -24,8 +32,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "cav",
         help="compute a bias CAV from a dataset with a concept column or from two image folders",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=DESCRIPTION,
+        formatter_class=HelpFormatter,
     )
     add_arguments(parser)
     parser.set_defaults(handler=run)
@@ -37,41 +45,41 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                       "or folder")
     parser.add_argument("--layer", default=None, help="module name of the layer (see `hf-debias layers MODEL`); "
                                                       "default: the input of the classifier head")
-    parser.add_argument("--output-dir", "--output_dir", required=True, help="folder to write the CAV to")
+    parser.add_argument("--output-dir", required=True, help="folder to write the CAV to")
     parser.add_argument("--concept", default=None, help="what the CAV means, recorded with it (e.g. 'ruler')")
-    parser.add_argument("--push-to-hub", "--push_to_hub", default=None, metavar="REPO_ID",
+    parser.add_argument("--push-to-hub", default=None, metavar="REPO_ID",
                         help="also push the CAV (with its card) to this Hub repo, in one commit")
-    parser.add_argument("--hub-subfolder", "--hub_subfolder", default=None,
+    parser.add_argument("--hub-subfolder", default=None,
                         help="with --push-to-hub: the repo subfolder (one per concept in a multi-concept repo)")
     source = parser.add_argument_group("data (a dataset with a concept column, or two image folders)")
     source.add_argument("--dataset", default=None,
                         help=f"'{CONTROLLED_ARTIFACT}' (built in, offline), a Hugging Face dataset id or a local "
                              "imagefolder")
     source.add_argument("--split", default="train", help="dataset split to use")
-    source.add_argument("--concept-column", "--concept_column", default=None,
+    source.add_argument("--concept-column", default=None,
                         help="0/1 column saying whether the concept is present (default: 'artifact' for the "
                              "built-in benchmark, else 'concept')")
-    source.add_argument("--only-class", "--only_class", type=int, default=None,
+    source.add_argument("--only-class", type=int, default=None,
                         help="use only samples of this class (CAVs are usually fitted within the affected class)")
-    source.add_argument("--label-column", "--label_column", default="labels", help="class column for --only_class")
-    source.add_argument("--concept-dir", "--concept_dir", default=None, help="folder of images that show the concept")
-    source.add_argument("--clean-dir", "--clean_dir", default=None, help="folder of images that do not")
-    source.add_argument("--max-samples", "--max_samples", type=int, default=None, help="use at most this many samples")
+    source.add_argument("--label-column", default="labels", help="class column for --only_class")
+    source.add_argument("--concept-dir", default=None, help="folder of images that show the concept")
+    source.add_argument("--clean-dir", default=None, help="folder of images that do not")
+    source.add_argument("--max-samples", type=int, default=None, help="use at most this many samples")
     fitting = parser.add_argument_group("fitting")
     fitting.add_argument("--method", default="signal", choices=CAV_METHODS,
                          help="signal (default, streaming) / fastcav, or a filter CAV: svm, ridge, lasso, logistic")
     fitting.add_argument("--pooling", default="max", choices=POOLINGS, help="how the layer's activation is pooled")
-    fitting.add_argument("--no-intercept", "--no_intercept", action="store_true", help="filter CAVs: fit without an intercept")
-    fitting.add_argument("--validation-fraction", "--validation_fraction", type=float, default=0.1,
+    fitting.add_argument("--no-intercept", action="store_true", help="filter CAVs: fit without an intercept")
+    fitting.add_argument("--validation-fraction", type=float, default=0.1,
                          help="share of samples held out for the concept-detection AUC")
-    fitting.add_argument("--batch-size", "--batch_size", type=int, default=64, help="images per forward pass")
+    fitting.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
     model = parser.add_argument_group("model")
-    model.add_argument("--num-classes", "--num_classes", type=int, default=None, help="replace the head with this many classes")
+    model.add_argument("--num-classes", type=int, default=None, help="replace the head with this many classes")
     model.add_argument("--pretrained", action="store_true", help="load timm weights for an architecture name")
     model.add_argument("--checkpoint", default=None,
                        help="a model.safetensors to load into the model (e.g. from `hf-debias train`)")
     model.add_argument("--device", default=None, help="where to run (default: cuda if available, else cpu)")
-    model.add_argument("--no-progress", "--no_progress", action="store_true", help="hide the progress bar")
+    model.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from ._parsing import HelpFormatter
+
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     from ..demo import DemoSettings
@@ -19,7 +21,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                     "report.json / report.png. Part 2 (RR-ClArC): train a CNN on noisy digits where a corner patch "
                     "marks most of class 0, compute the patch's CAV, fine-tune with RR-ClArC next to a lambda=0 "
                     "control; print clean vs attacked accuracy and write rrclarc_report.json / .png.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     demo.add_argument("--rho", type=float, default=defaults.rho,
                       help="share of each training class drawn in its class colour (the bias strength)")
