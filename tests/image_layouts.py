@@ -48,7 +48,8 @@ def waterbirds_rows(n_per_group: int = 2) -> list[dict]:
                     img_id += 1
                     folder, stem, _ = species[img_id % 2]
                     scene = ("b/bamboo_forest", "o/ocean")[place]
-                    rows.append({"img_id": img_id, "img_filename": f"{folder}/{stem}_{img_id:04d}_{700000 + img_id}.jpg",
+                    filename = f"{folder}/{stem}_{img_id:04d}_{700000 + img_id}.jpg"
+                    rows.append({"img_id": img_id, "img_filename": filename,
                                  "y": y, "split": split, "place": place,
                                  "place_filename": f"/{scene}/{img_id:08d}.jpg"})
     return rows
@@ -133,7 +134,8 @@ def write_celeba(root: str | Path, fmt: str = "txt", n_images: int = 20) -> Path
 
 # --------------------------------------------------------------------------------------------- class folders
 #: Images per class and split folder; the validation split has no "dog" images at all.
-CLASS_FOLDER_COUNTS = {"train": {"bird": 4, "cat": 4, "dog": 4}, "val": {"bird": 2, "cat": 2}, "test": {"bird": 2, "cat": 2, "dog": 2}}
+CLASS_FOLDER_COUNTS = {"train": {"bird": 4, "cat": 4, "dog": 4}, "val": {"bird": 2, "cat": 2},
+                       "test": {"bird": 2, "cat": 2, "dog": 2}}
 BIAS_CSV_NAME = "bias_labels.csv"
 
 
@@ -240,7 +242,8 @@ def write_parquet_hub_repo(root: str | Path) -> Path:
                                             "place": [r["place"] for r in rows]}, features=features)
         table.to_parquet(str(folder / "data" / f"{split}-00000-of-00001.parquet"))
     names = "\n".join(f"          '{i}': {name}" for i, name in enumerate(HUB_REPO_CLASSES))
-    split_info = "\n".join(f"  - name: {s}\n    num_bytes: {100 * n}\n    num_examples: {n}" for s, n in HUB_REPO_SPLITS.items())
+    split_info = "\n".join(f"  - name: {s}\n    num_bytes: {100 * n}\n    num_examples: {n}"
+                           for s, n in HUB_REPO_SPLITS.items())
     data_files = "\n".join(f"  - split: {s}\n    path: data/{s}-*" for s in HUB_REPO_SPLITS)
     (folder / "README.md").write_text(
         "---\ndataset_info:\n  features:\n  - name: image\n    dtype: image\n  - name: label\n    dtype:\n"

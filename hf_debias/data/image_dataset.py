@@ -16,7 +16,7 @@ import logging
 import os
 import re
 import warnings
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
@@ -105,25 +105,45 @@ def load_image_dataset(
         ValueError: a column is missing or ambiguous, a value is invalid, a split is empty or unknown, or the
             bias table does not match the images one to one.
     """
+    options = _Options(label_column, bias_label_column, split_column, image_column,
+                       None if bias_csv is None else Path(os.path.expanduser(os.fspath(bias_csv))))
     path = Path(os.path.expanduser(os.fspath(source))).resolve()
     if path.exists():
         if revision is not None:
             warnings.warn(f"revision={revision!r} applies to Hub dataset ids only; {str(path)!r} is read as it is "
                           "on disk.", stacklevel=2)
-        if path.is_file():
-            return _from_file(path, label_column, bias_label_column, split_column, image_column, bias_csv)
-        return _from_folder(path, label_column, bias_label_column, split_column, image_column, bias_csv)
-    if not _HUB_ID.match(os.fspath(source)):
-        raise FileNotFoundError(f"Dataset {os.fspath(source)!r} does not exist (neither a file nor a folder).")
-    return _from_hub_id(os.fspath(source), revision, label_column, bias_label_column, split_column, image_column,
-                        bias_csv)
+        return _from_file(path, options) if path.is_file() else _from_folder(path, options)
+    name = os.fspath(source)
+    if not _HUB_ID.match(name):
+        raise FileNotFoundError(f"Dataset {name!r} does not exist (neither a file nor a folder).")
+    import datasets
+
+    where = f"Hub dataset {name!r}"
+    return _from_datasets(_call_datasets(datasets.load_dataset, name, revision=revision, where=where), where, options)
+
+
+@dataclass(frozen=True)
+class _Options:
+    """The caller's column choices, passed unchanged to every layout reader."""
+
+    label_column: str | None
+    bias_label_column: str | None
+    split_column: str | None
+    image_column: str | None
+    bias_csv: Path | None
+
+    @property
+    def no_split(self) -> bool:
+        """``split_column`` is ``""`` or ``"none"``: do not split by column (or folders)."""
+        return self.split_column is not None and self.split_column.strip().lower() in NO_SPLIT
 
 
 # ----------------------------------------------------------------------------------------------- dispatch
-def _from_file(path: Path, label_column, bias_label_column, split_column, image_column, bias_csv):
+def _from_file(path: Path, options: _Options) -> datasets.DatasetDict:
+    """A table file: CelebA's attribute file, a parquet file with the images inside, or a metadata table."""
     if path.name in CELEBA_ATTRIBUTE_FILES:
-        return _finish(_celeba(path.parent, path, label_column, bias_label_column, split_column, image_column,
-                               bias_csv))
+        root = path.parent.parent if path.parent.name == "Anno" else path.parent  # the official Anno/ folder
+        return _finish(_celeba(root, path, options))
     if path.suffix.lower() not in TABLE_SUFFIXES:
         raise ValueError(f"{path} is not a table ({', '.join(TABLE_SUFFIXES)}); give a folder, a table or a "
                          "Hub dataset id.")
@@ -131,35 +151,31 @@ def _from_file(path: Path, label_column, bias_label_column, split_column, image_
         import datasets
 
         loaded = _call_datasets(datasets.load_dataset, "parquet", data_files={"train": str(path)}, where=str(path))
-        return _from_datasets(loaded, str(path), label_column, bias_label_column, split_column, image_column,
-                              bias_csv)
-    return _finish(_table(_read_table(path), path.parent, str(path), label_column, bias_label_column,
-                          split_column, image_column, bias_csv))
+        return _from_datasets(loaded, str(path), options)
+    return _finish(_table(_read_table(path), path.parent, str(path), options))
 
 
-def _from_folder(path: Path, label_column, bias_label_column, split_column, image_column, bias_csv):
+def _from_folder(path: Path, options: _Options) -> datasets.DatasetDict:
+    """A folder: ``save_to_disk`` output, a metadata table, CelebA, a Hub repo clone, or class folders."""
     if (path / "dataset_dict.json").is_file() or (path / "state.json").is_file():
         import datasets
 
-        return _from_datasets(datasets.load_from_disk(str(path)), str(path), label_column, bias_label_column,
-                              split_column, image_column, bias_csv)
+        return _from_datasets(datasets.load_from_disk(str(path)), str(path), options)
     tables = [path / f"metadata{suffix}" for suffix in TABLE_SUFFIXES if (path / f"metadata{suffix}").is_file()]
     if len(tables) > 1:
         raise ValueError(f"{path} holds several metadata tables ({', '.join(t.name for t in tables)}); "
                          "pass the one to use as the dataset.")
     if tables:
-        return _from_file(tables[0], label_column, bias_label_column, split_column, image_column, bias_csv)
+        return _from_file(tables[0], options)
     for folder in (path, path / "Anno"):
         for name in CELEBA_ATTRIBUTE_FILES:
             if (folder / name).is_file():
-                return _finish(_celeba(path, folder / name, label_column, bias_label_column, split_column,
-                                       image_column, bias_csv))
+                return _finish(_celeba(path, folder / name, options))
     if any(p.suffix in (".parquet", ".arrow") for p in _walk_files(path, max_depth=3)):
         import datasets
 
-        return _from_datasets(_call_datasets(datasets.load_dataset, str(path), where=str(path)), str(path),
-                              label_column, bias_label_column, split_column, image_column, bias_csv)
-    return _finish(_class_folders(path, label_column, bias_label_column, split_column, image_column, bias_csv))
+        return _from_datasets(_call_datasets(datasets.load_dataset, str(path), where=str(path)), str(path), options)
+    return _finish(_class_folders(path, options))
 
 
 def _holds_images(path: Path) -> bool:
@@ -172,14 +188,6 @@ def _holds_images(path: Path) -> bool:
     if any(isinstance(f, dict) and f.get("_type") == "Image" for f in features.values()):
         return True
     return any(pa.types.is_struct(f.type) and f.type.get_field_index("bytes") >= 0 for f in schema)
-
-
-def _from_hub_id(name: str, revision, label_column, bias_label_column, split_column, image_column, bias_csv):
-    import datasets
-
-    dataset = _call_datasets(datasets.load_dataset, name, revision=revision, where=f"Hub dataset {name!r}")
-    return _from_datasets(dataset, f"Hub dataset {name!r}", label_column, bias_label_column, split_column,
-                          image_column, bias_csv)
 
 
 def _call_datasets(function, *args, where: str, **kwargs):
@@ -196,20 +204,20 @@ def _call_datasets(function, *args, where: str, **kwargs):
 
 
 # ----------------------------------------------------------------------------------------------- class folders
-def _class_folders(root: Path, label_column, bias_label_column, split_column, image_column, bias_csv) -> _Files:
+def _class_folders(root: Path, options: _Options) -> _Files:
     """Class sub-folders (``root/cat/0000.png``), or split folders holding them (``root/train/cat/...``)."""
-    if label_column is not None:
+    if options.label_column is not None:
         raise ValueError(f"{root} is an image folder: the class is the sub-folder name, so label_column="
-                         f"{label_column!r} does not apply (put a metadata table next to the images to take "
-                         "labels from a column).")
-    if split_column is not None and split_column.strip().lower() not in NO_SPLIT:
+                         f"{options.label_column!r} does not apply (put a metadata table next to the images to "
+                         "take labels from a column).")
+    if options.split_column is not None and not options.no_split:
         raise ValueError(f"{root} is an image folder: its splits are split folders (train/, val/, test/), so "
-                         f"split_column={split_column!r} does not apply.")
-    if bias_label_column is not None and bias_csv is None:
-        raise ValueError(f"{root} is an image folder and has no columns: bias_label_column={bias_label_column!r} "
-                         "needs bias_csv=<a table of per-image bias labels>.")
-    if image_column is not None:
-        warnings.warn(f"image_column={image_column!r} does not apply to the image folder {root}; ignored.",
+                         f"split_column={options.split_column!r} does not apply.")
+    if options.bias_label_column is not None and options.bias_csv is None:
+        raise ValueError(f"{root} is an image folder and has no columns: bias_label_column="
+                         f"{options.bias_label_column!r} needs bias_csv=<a table of per-image bias labels>.")
+    if options.image_column is not None:
+        warnings.warn(f"image_column={options.image_column!r} does not apply to the image folder {root}; ignored.",
                       stacklevel=4)
     folders = _subfolders(root)
     split_folders = [p for p in folders if p.name.lower() in SPLIT_ALIASES and not p.name.isdigit()]
@@ -218,6 +226,7 @@ def _class_folders(root: Path, label_column, bias_label_column, split_column, im
         raise ValueError(f"{root} mixes split folders ({', '.join(p.name for p in split_folders)}) with other "
                          f"folders ({', '.join(others[:_SHOW])}); use split folders that hold class folders, or "
                          "class folders only.")
+    _no_loose_images(root)
     groups: list[tuple[str, Path]] = [("train", root)]
     if split_folders:
         groups, seen = [], {}
@@ -227,14 +236,9 @@ def _class_folders(root: Path, label_column, bias_label_column, split_column, im
                 raise ValueError(f"{root} has two folders for the {split} split: {seen[split]}/ and {folder.name}/.")
             seen[split] = folder.name
             groups.append((split, folder))
+            _no_loose_images(folder)
     paths, splits, class_of, classes, empty = [], [], [], set(), []
-    for split, folder in [(None, root)] + groups if split_folders else groups:
-        loose = sorted(p.name for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
-        if loose:
-            raise ValueError(f"{folder} has images outside class folders ({', '.join(loose[:_SHOW])}); put each "
-                             "image in a sub-folder named after its class.")
-        if split is None:
-            continue
+    for split, folder in groups:
         n_before = len(paths)
         for class_dir in _subfolders(folder):
             classes.add(class_dir.name)  # a class folder without images still declares its class
@@ -254,27 +258,33 @@ def _class_folders(root: Path, label_column, bias_label_column, split_column, im
                       stacklevel=4)
     names = sorted(classes)
     if len(names) == 1:
-        inner = _other_layout(root / names[0]) if not split_folders else None
+        inner = None if split_folders else _other_layout(root / names[0])
         if inner:
             raise ValueError(f"{root} has a single class folder, {names[0]}/, which holds {inner}: pass "
                              f"{root / names[0]} as the dataset.")
         warnings.warn(f"{root} has a single class ({names[0]}).", stacklevel=4)
-    if split_folders:
-        trained = {c for c, s in zip(class_of, splits) if s == "train"}
-        for split in ("validation", "test"):
-            extra = sorted({c for c, s in zip(class_of, splits) if s == split} - trained)
-            if extra and trained:
-                warnings.warn(f"The {split} split of {root} has classes that train has no image of: "
-                              f"{', '.join(extra[:_SHOW])}.", stacklevel=4)
+    trained = {c for c, s in zip(class_of, splits) if s == "train"}
+    for split in ("validation", "test"):
+        extra = sorted({c for c, s in zip(class_of, splits) if s == split} - trained)
+        if extra and trained:
+            warnings.warn(f"The {split} split of {root} has classes that train has no image of: "
+                          f"{', '.join(extra[:_SHOW])}.", stacklevel=4)
     index = {name: i for i, name in enumerate(names)}
-    use_splits = bool(split_folders) and split_column is None
+    use_splits = bool(split_folders) and not options.no_split
     files = _Files(root, str(root), paths, _Labels([index[c] for c in class_of], names),
                    splits=splits if use_splits else None)
     if split_folders and not use_splits:
-        files.notes.append(f"split_column={split_column!r}: the split folders are not used")
-    if bias_csv is not None:
-        files.bias = _bias_from_table(Path(bias_csv), files, bias_label_column or "bias_labels", None)
+        files.notes.append(f"split_column={options.split_column!r}: the split folders are not used")
+    if options.bias_csv is not None:
+        files.bias = _bias_from_table(options.bias_csv, files, options.bias_label_column or "bias_labels", None)
     return files
+
+
+def _no_loose_images(folder: Path) -> None:
+    loose = sorted(p.name for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    if loose:
+        raise ValueError(f"{folder} has images outside class folders ({', '.join(loose[:_SHOW])}); put each "
+                         "image in a sub-folder named after its class.")
 
 
 _SKIPPED_FOLDERS = ("__MACOSX",)  # resource forks that macOS zips carry along
@@ -347,11 +357,12 @@ def _read_table(path: Path) -> dict[str, list]:
     return columns
 
 
-def _table(columns: dict[str, list], root: Path, where: str, label_column, bias_label_column, split_column,
-           image_column, bias_csv, *, default_split: str = "split", kind: str = "column",
-           signed: bool = False) -> _Files:
-    """A metadata table (one row per image) whose path column points at files under ``root``."""
+def _table(columns: dict[str, list], root: Path, where: str, options: _Options, *, default_split: str = "split",
+           kind: str = "column", signed: bool = False) -> _Files:
+    """A metadata table (one row per image) whose path column points at files under ``root``; CelebA's
+    attributes are its ``kind="attribute"`` columns with ``signed`` (-1/1) values."""
     names = list(columns)
+    image_column = options.image_column
     if image_column is not None and image_column not in columns:
         raise _missing(where, "column", image_column, names, "image_column")
     path_column = image_column or next((c for c in PATH_COLUMNS if c in columns), None)
@@ -359,21 +370,22 @@ def _table(columns: dict[str, list], root: Path, where: str, label_column, bias_
         raise ValueError(f"{where} has no image path column (none of {', '.join(PATH_COLUMNS)}); its columns "
                          f"are {', '.join(names)}. Pass image_column=.")
     paths = _resolve_paths(columns[path_column], root, where, path_column)
-    repeated = [p for p, n in _counts(paths).items() if n > 1]
+    repeated = [p for p, n in Counter(paths).items() if n > 1]
     if repeated:
         raise ValueError(f"{where} lists {len(repeated)} images more than once, e.g. {', '.join(repeated[:_SHOW])}.")
-    split_name = _split_column(split_column, names, default_split, where)
+    split_name = _split_column(options.split_column, names, default_split, where)
     values = [c for c in names if c not in (path_column, split_name)]
-    label_name = _label_column(label_column, values, where, kind)
+    label_name = _label_column(options.label_column, values, where, kind)
     files = _Files(root, where, paths, _encode(columns[label_name], label_name, where, signed, paths),
                    splits=_parse_splits(columns[split_name], where, split_name) if split_name else None)
-    bias_name = _bias_column(bias_label_column, bias_csv, values, where, kind)
+    bias_name = _bias_column(options.bias_label_column, options.bias_csv, values, where, kind)
     if bias_name == label_name:
         raise ValueError(f"{where}: label_column and bias_label_column are both {label_name!r}.")
     if bias_name is not None:
         files.bias = _encode(columns[bias_name], bias_name, where, signed, paths)
-    elif bias_csv is not None:
-        files.bias = _bias_from_table(Path(bias_csv), files, bias_label_column or "bias_labels", image_column)
+    elif options.bias_csv is not None:
+        files.bias = _bias_from_table(options.bias_csv, files, options.bias_label_column or "bias_labels",
+                                      image_column)
     return files
 
 
@@ -433,20 +445,11 @@ def _normalise(path: str, root: Path) -> str:
             return Path(path).resolve().relative_to(root).as_posix()
         except ValueError:
             return path
-    normal = os.path.normpath(path).replace("\\", "/")
-    return normal
-
-
-def _counts(values) -> dict:
-    counts: dict = defaultdict(int)
-    for value in values:
-        counts[value] += 1
-    return counts
+    return os.path.normpath(path).replace("\\", "/")
 
 
 # ----------------------------------------------------------------------------------------------- CelebA
-def _celeba(root: Path, attribute_file: Path, label_column, bias_label_column, split_column, image_column,
-            bias_csv) -> _Files:
+def _celeba(root: Path, attribute_file: Path, options: _Options) -> _Files:
     """CelebA as downloaded: ``list_attr_celeba.{txt,csv}``, ``list_eval_partition.{txt,csv}`` and the images."""
     columns = _read_celeba_attributes(attribute_file)
     partition_file = next((folder / name for folder in (root, root / "Eval", attribute_file.parent)
@@ -474,8 +477,7 @@ def _celeba(root: Path, attribute_file: Path, label_column, bias_label_column, s
                              f"e.g. {', '.join(unlisted[:_SHOW])}.")
         columns["partition"] = [partition[name] for name in columns["image_id"]]
         where = f"{attribute_file} (with {partition_file.name})"
-    return _table(columns, root, where, label_column, bias_label_column, split_column, image_column, bias_csv,
-                  default_split="partition", kind="attribute", signed=True)
+    return _table(columns, root, where, options, default_split="partition", kind="attribute", signed=True)
 
 
 def _read_celeba_attributes(path: Path) -> dict[str, list]:
@@ -596,7 +598,8 @@ def _encode(values: Sequence[Any], column: str, where: str, signed: bool = False
                                  f"{sorted(present - {-1, 1})[:_SHOW]}.")
             return _Labels([(v + 1) // 2 for v in ints], [f"not_{column}", column])
         if min(present) < 0:
-            raise ValueError(f"{where}: column {column!r} has negative values {sorted(v for v in present if v < 0)[:_SHOW]}"
+            negative = sorted(v for v in present if v < 0)[:_SHOW]
+            raise ValueError(f"{where}: column {column!r} has negative values {negative}"
                              "; class ids must be 0..K-1 (or -1 / 1 for a binary attribute).")
         n_classes = max(present) + 1
         if n_classes > 10 and len(present) < n_classes / 2:
@@ -655,7 +658,8 @@ def _bias_from_table(path: Path, files: _Files, column: str, image_column: str |
         if not hits:
             unmatched.append(key)
         elif len(hits) > 1:
-            ambiguous.append(f"{key!r} ({', '.join(files.paths[h] for h in hits[:3])}{', ...' if len(hits) > 3 else ''})")
+            more = ", ..." if len(hits) > 3 else ""
+            ambiguous.append(f"{key!r} ({', '.join(files.paths[h] for h in hits[:3])}{more})")
         elif hits[0] in row_of:
             duplicates.append(f"{key!r} (rows {row_of[hits[0]] + 2} and {row + 2}: {files.paths[hits[0]]})")
         else:
@@ -721,12 +725,12 @@ def _checked(result: datasets.DatasetDict, where: str) -> datasets.DatasetDict:
 
 
 # ----------------------------------------------------------------------------------------------- Hub datasets
-def _from_datasets(dataset, where: str, label_column, bias_label_column, split_column, image_column,
-                   bias_csv) -> datasets.DatasetDict:
-    """A ``Dataset`` / ``DatasetDict`` from the Hub, a local Hub repo folder or ``save_to_disk``."""
+def _from_datasets(dataset, where: str, options: _Options) -> datasets.DatasetDict:
+    """A ``Dataset`` / ``DatasetDict`` from the Hub, a local Hub repo folder, a parquet file or ``save_to_disk``."""
     import datasets
 
-    if bias_csv is not None:
+    split_column = options.split_column
+    if options.bias_csv is not None:
         raise ValueError(f"bias_csv applies to datasets of image files; {where} stores its images inside its "
                          "data files: add the bias as a column and pass bias_label_column=.")
     if isinstance(dataset, datasets.Dataset):
@@ -754,17 +758,18 @@ def _from_datasets(dataset, where: str, label_column, bias_label_column, split_c
             if target is None:
                 unknown.append(name)
             elif target in parts:
-                raise ValueError(f"{where} has two splits for {target}: {', '.join(n for n in dataset if SPLIT_ALIASES.get(n.lower()) == target)}.")
+                both = [n for n in dataset if SPLIT_ALIASES.get(n.lower()) == target]
+                raise ValueError(f"{where} has two splits for {target}: {', '.join(both)}.")
             else:
                 parts[target] = split
         if unknown:
             raise ValueError(f"{where} has splits that are none of train / validation (val, valid, dev) / test: "
                              f"{', '.join(unknown)} (all: {', '.join(dataset)}).")
         parts = {s: parts[s] for s in SPLITS if s in parts}
-    image_name = _hub_image_column(image_column, names, features, where)
+    image_name = _hub_image_column(options.image_column, names, features, where)
     values = [c for c in names if c not in (image_name, split_name)]
-    label_name = _label_column(label_column, values, where, "column")
-    bias_name = _bias_column(bias_label_column, None, values, where, "column")
+    label_name = _label_column(options.label_column, values, where, "column")
+    bias_name = _bias_column(options.bias_label_column, None, values, where, "column")
     if bias_name == label_name:
         raise ValueError(f"{where}: label_column and bias_label_column are both {label_name!r}.")
     targets = {image_name: "image", label_name: "labels"}
@@ -805,7 +810,8 @@ def _hub_image_column(image_column: str | None, names: Sequence[str], features, 
         name = images[0] if images else next((c for c in HUB_IMAGE_COLUMNS if c in names), None)
         if name is None:
             raise ValueError(f"{where} has no image column (an Image feature, or one of "
-                             f"{', '.join(HUB_IMAGE_COLUMNS)}); its columns are {', '.join(names)}. Pass image_column=.")
+                             f"{', '.join(HUB_IMAGE_COLUMNS)}); its columns are {', '.join(names)}. "
+                             "Pass image_column=.")
     feature = features[name]
     if not (isinstance(feature, datasets.Image) or (isinstance(feature, dict) and {"bytes", "path"} <= set(feature))):
         raise ValueError(f"{where}: column {name!r} holds {feature}, not images; pass image_column=.")
