@@ -33,7 +33,8 @@ def publish(cache: Path, folder: Path | dict[str, bytes], repo_id: str) -> Path:
 
 @dataclass
 class FakeHub:
-    """Records ``create_repo`` / ``create_commit`` calls and publishes each commit into the cache."""
+    """Records ``repo_exists`` / ``create_repo`` / ``create_commit`` / ``delete_repo`` calls and publishes each commit
+    into the cache (``existing``: the repos there before the test)."""
 
     cache: Path
     repos: list[str] = field(default_factory=list)
@@ -41,11 +42,21 @@ class FakeHub:
     tokens: list[object] = field(default_factory=list)
     fail_with: Exception | None = None
     contents: dict[str, dict[str, bytes]] = field(default_factory=dict)
+    existing: set[str] = field(default_factory=set)
+    deleted: list[str] = field(default_factory=list)
+
+    def repo_exists(self, api, repo_id, **kwargs):
+        return repo_id in self.existing
 
     def create_repo(self, api, repo_id, **kwargs):
         self.tokens.append(api.token)
         self.repos.append(repo_id)
+        self.existing.add(repo_id)
         return huggingface_hub.RepoUrl(f"https://huggingface.co/{repo_id}")
+
+    def delete_repo(self, api, repo_id, **kwargs):
+        self.deleted.append(repo_id)
+        self.existing.discard(repo_id)
 
     def create_commit(self, api, repo_id, operations, **kwargs):
         if self.fail_with is not None:
@@ -66,6 +77,8 @@ class FakeHub:
         hub = self
         return mock.patch.multiple(
             huggingface_hub.HfApi,
+            repo_exists=lambda api, repo_id, **kw: hub.repo_exists(api, repo_id, **kw),
+            delete_repo=lambda api, repo_id, **kw: hub.delete_repo(api, repo_id, **kw),
             create_repo=lambda api, repo_id, **kw: hub.create_repo(api, repo_id, **kw),
             create_commit=lambda api, repo_id, operations, **kw: hub.create_commit(api, repo_id, operations, **kw))
 

@@ -36,7 +36,7 @@ def test_unknown_keys_from_a_newer_version_warn_and_are_dropped():
         ({"beta": float("nan")}, "beta must be a finite number >= 0"),
         ({"alpha": "1"}, "alpha must be a number"),
         ({"pairing": "pairs"}, r"pairing='pairs' is not valid; choose one of: 'all', 'reference'"),
-        ({"normalize_forward": "yes"}, "normalize_forward must be True or False"),
+        ({"normalize_forward": "yes"}, "normalize_forward='yes' is not valid"),
         ({"layer": ""}, "layer must be a module name"),
     ],
 )

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import numbers
 import os
 import warnings
 from dataclasses import dataclass, field
@@ -20,6 +22,7 @@ from safetensors.torch import load_file, save_file
 
 from .. import __version__
 from .._validation import check_choice
+from ..config import read_json_object
 from .fitting import CAV_METHODS, ConceptStatistics, check_concept_labels, fit_direction
 from .pooling import POOLINGS
 
@@ -73,6 +76,12 @@ class CAV:
         self.vector = (vector.double() / norm).float().cpu()
         check_choice("pooling", self.pooling, POOLINGS)
         check_choice("method", self.method, CAV_METHODS)
+        check_metadata(self.metadata())
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in ("concept_mean", "clean_mean") and value is not None:
+            _check_number(name, value)  # P-ClArC / A-ClArC move samples to these: NaN would give NaN logits
+        super().__setattr__(name, value)
 
     @property
     def num_channels(self) -> int:
@@ -156,11 +165,18 @@ class CAV:
         }
 
     def save_pretrained(self, save_directory: str | os.PathLike) -> Path:
-        """Write ``cav.safetensors`` and ``cav_config.json`` into ``save_directory``."""
+        """Write ``cav.safetensors`` and ``cav_config.json`` into ``save_directory``, atomically: into a temporary
+        sibling first, ``cav_config.json`` moved last (see ``hf_debias.hub.atomic``). The base model is recorded
+        as its Hub id or its folder's name, never a local absolute path."""
+        from ..hub.atomic import CAV_OWNED, install, staging_folder
+        from ..hub.paths import recordable_name
+
         path = Path(save_directory)
-        path.mkdir(parents=True, exist_ok=True)
-        save_file({"cav": self.vector.contiguous()}, str(path / CAV_WEIGHTS_NAME))
-        (path / CAV_CONFIG_NAME).write_text(json.dumps(self.metadata(), indent=2, sort_keys=True) + "\n")
+        metadata = {**self.metadata(), "base_model_name_or_path": recordable_name(self.base_model_name_or_path)}
+        with staging_folder(path) as staging:
+            save_file({"cav": self.vector.contiguous()}, str(staging / CAV_WEIGHTS_NAME))
+            (staging / CAV_CONFIG_NAME).write_text(json.dumps(metadata, indent=2, sort_keys=True) + "\n")
+            install(staging, path, owned=CAV_OWNED[:2], last=[CAV_CONFIG_NAME])
         self.name_or_path = str(path)
         return path
 
@@ -169,8 +185,10 @@ class CAV:
         multi-concept repo stays as it is), else the repo root. To push several concepts with one card listing
         them use ``hf_debias.hub.push_cavs_to_hub``; ``push_kwargs`` are its options."""
         from ..hub import push_cavs_to_hub
+        from ..hub.paths import check_subfolder
 
-        return push_cavs_to_hub(repo_id, {subfolder or "": self}, card_folder=subfolder or "", **push_kwargs)
+        subfolder = check_subfolder(subfolder or "", "subfolder")
+        return push_cavs_to_hub(repo_id, {subfolder: self}, card_folder=subfolder, **push_kwargs)
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | os.PathLike, *, subfolder: str | None = None,
@@ -178,20 +196,24 @@ class CAV:
         """Load a CAV from a local folder or a Hub repo (``subfolder`` for one of several concepts, or the
         ``cav`` folder of a corrected model's repo). ``hub_kwargs`` go to ``hf_hub_download``."""
         from ..hub.native import check_safetensors
+        from ..hub.paths import check_subfolder
         from ..hub.resolve import resolve_file
 
+        if subfolder is not None:
+            check_subfolder(subfolder, "subfolder")
         config_path = resolve_file(name_or_path, CAV_CONFIG_NAME, subfolder=subfolder, revision=revision,
                                    **hub_kwargs)
         weights_path = resolve_file(name_or_path, CAV_WEIGHTS_NAME, subfolder=subfolder, revision=revision,
                                     **hub_kwargs)
-        try:
-            metadata = json.loads(config_path.read_text())
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{config_path} is not valid JSON: {err}.") from err
+        metadata = read_json_object(config_path, "CAV config")
         missing = [key for key in REQUIRED_METADATA if key not in metadata]
         if missing:
             raise ValueError(f"{config_path} lacks the CAV metadata {missing}; a CAV file needs "
                              f"{list(REQUIRED_METADATA)} (save it with CAV.save_pretrained).")
+        try:
+            check_metadata(metadata)
+        except ValueError as err:
+            raise ValueError(f"{config_path}: {err}") from None
         check_safetensors(weights_path)
         tensors = load_file(str(weights_path))
         if set(tensors) != {"cav"}:
@@ -215,6 +237,42 @@ class CAV:
         return (f"CAV(concept={self.concept!r}, layer={self.layer!r}, channels={self.num_channels}, "
                 f"method={self.method!r}, pooling={self.pooling!r}, samples={self.num_samples}"
                 f"{', ' + quality if quality else ''})")
+
+
+_TEXT_FIELDS = ("concept", "layer", "base_model_name_or_path", "revision")
+_COUNT_FIELDS = ("num_channels", "num_samples", "num_concept_samples")
+
+
+def _check_number(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        raise ValueError(f"field {name!r} must be a finite number, got {value!r}.")
+    return float(value)
+
+
+def check_metadata(metadata: dict[str, Any]) -> None:
+    """Field types of a CAV's metadata (``cav_config.json``): strings or null, counts >= 0, finite means and
+    quality figures, a real dict of fit parameters. Raises ``ValueError`` naming the field and the value."""
+    for name in _TEXT_FIELDS:
+        if metadata.get(name) is not None and not isinstance(metadata[name], str):
+            raise ValueError(f"field {name!r} must be a string or null, got {metadata[name]!r}.")
+    for name in ("pooling", "method", "hf_debias_version"):
+        if name in metadata and not isinstance(metadata[name], str):
+            raise ValueError(f"field {name!r} must be a string, got {metadata[name]!r}.")
+    for name in _COUNT_FIELDS:
+        value = metadata.get(name, 0)
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+            raise ValueError(f"field {name!r} must be an integer >= 0, got {value!r}.")
+    for name in ("concept_mean", "clean_mean"):
+        if metadata.get(name) is not None:
+            _check_number(name, metadata[name])
+    quality = metadata.get("quality", {})
+    if not isinstance(quality, dict):
+        raise ValueError(f"field 'quality' must be an object of finite numbers, got {quality!r}.")
+    for key, value in quality.items():
+        if value is not None:  # null: not measured (e.g. a held-out set with one concept value)
+            _check_number(f"quality.{key}", value)
+    if not isinstance(metadata.get("fit_params", {}), dict):
+        raise ValueError(f"field 'fit_params' must be an object, got {metadata['fit_params']!r}.")
 
 
 def _stratified_split(labels: torch.Tensor, fraction: float, seed: int):

@@ -7,7 +7,10 @@ from pathlib import Path
 from typing import Mapping
 
 from ..cav import CAV
+from ..cav.cav import CAV_CONFIG_NAME
+from .atomic import CAV_OWNED, files_under, install, staging_folder
 from .cards import cav_card
+from .paths import check_subfolder
 from .push import save_and_push
 
 
@@ -29,20 +32,29 @@ def _by_folder(cavs: Mapping[str, CAV] | list[CAV] | CAV) -> dict[str, CAV]:
     if not mapping or not all(isinstance(cav, CAV) for cav in mapping.values()):
         raise ValueError(f"cavs must be a CAV, a list of CAVs or {{subfolder: CAV}}, got {cavs!r}.")
     for folder in mapping:
-        if folder.startswith(("/", ".")) or "\\" in folder:
-            raise ValueError(f"CAV subfolder {folder!r} must be a relative name such as 'ruler'.")
+        check_subfolder(folder, "CAV subfolder")
+        if folder.count("/"):
+            raise ValueError(f"CAV subfolder {folder!r} must be one folder name such as 'ruler' (no '/').")
     return mapping
 
 
 def save_cavs(cavs: Mapping[str, CAV] | list[CAV] | CAV, save_directory: str | os.PathLike, *,
               repo_id: str | None = None, card_folder: str = "") -> Path:
     """Write each CAV into its subfolder of ``save_directory`` plus a ``README.md`` card listing them (in
-    ``card_folder``: the root by default)."""
+    ``card_folder``: the root by default). Atomic like every hf_debias save (``hub.atomic``): CAV files of an
+    earlier save there are replaced or removed, other files left alone."""
     mapping = _by_folder(cavs)
+    card_folder = check_subfolder(card_folder, "card_folder")
     folder = Path(save_directory)
+    with staging_folder(folder) as staging:
+        for subfolder, cav in mapping.items():
+            cav.save_pretrained(staging / subfolder)
+        (staging / card_folder).mkdir(parents=True, exist_ok=True)
+        cav_card(mapping, repo_id=repo_id or folder.resolve().name).save(staging / card_folder / "README.md")
+        configs = [name for name in files_under(staging) if Path(name).name == CAV_CONFIG_NAME]
+        install(staging, folder, owned=CAV_OWNED, last=configs)
     for subfolder, cav in mapping.items():
-        cav.save_pretrained(folder / subfolder)
-    cav_card(mapping, repo_id=repo_id or folder.resolve().name).save(folder / card_folder / "README.md")
+        cav.name_or_path = str(folder / subfolder) if subfolder else str(folder)
     return folder
 
 

@@ -23,8 +23,12 @@ from torch import nn
 from ..config import CONFIG_NAME, DebiasConfig
 from ..loading import model_identity, unwrap_model
 from ..model import DebiasModel, get_debias_model
+from .atomic import OWNED, PUSHED_EXTRA, files_under, install, staging_folder
 from .cards import ModelCardInfo, copy_chart, debias_model_card
-from .native import load_native, save_native
+from .integrity import add_record
+from .native import CONFIG_NAME as MODEL_CONFIG_NAME
+from .native import barrier, load_native, save_native, write_native
+from .paths import recordable_name
 from .push import save_and_push
 from .resolve import resolve_folder
 
@@ -32,9 +36,12 @@ from .resolve import resolve_folder
 def _recorded_config(model: DebiasModel) -> DebiasConfig:
     """The model's config with its base model filled in from the model when the user did not record one."""
     config = model.debias_config
-    if config.base_model_name_or_path is None:
-        name, revision = model_identity(model.model)
-        config = dataclasses.replace(config, base_model_name_or_path=name, revision=config.revision or revision)
+    name, revision = config.base_model_name_or_path, config.revision
+    if name is None:
+        name, found_revision = model_identity(model.model)
+        revision = revision or found_revision
+    if (name, revision) != (config.base_model_name_or_path, config.revision) or recordable_name(name) != name:
+        config = dataclasses.replace(config, base_model_name_or_path=recordable_name(name), revision=revision)
     return config
 
 
@@ -42,13 +49,16 @@ def save_model(model: nn.Module, save_directory: str | os.PathLike, *, card: Mod
                repo_id: str | None = None) -> Path:
     """Save a ``DebiasModel`` (or a plain classifier) into ``save_directory``; see the module docstring.
 
+    The save is atomic (``hub.atomic``): written into a temporary sibling folder, then moved into place behind a
+    guarded ``config.json``, ``debias_config.json`` (with the sha256 of the model files) moved last. Files of an
+    earlier hf_debias save in the folder are replaced or removed; files hf_debias did not write are left alone.
+
     Args:
         card: what the model card says beyond the config (bias, metrics before / after, chart).
         repo_id: the name the card shows in its loading examples (default: the folder's name).
     """
     model = unwrap_model(model, through_debias=False)
     folder = Path(save_directory)
-    folder.mkdir(parents=True, exist_ok=True)
     if not isinstance(model, DebiasModel):
         save_native(model, folder)
         return folder
@@ -57,12 +67,17 @@ def save_model(model: nn.Module, save_directory: str | os.PathLike, *, card: Mod
     config = _recorded_config(model)
     reason = f"{config.method_title or config.debias_method} changes the forward pass" \
         if model.method.alters_forward else None
-    library = save_native(model.model, folder, refuse_plain_loading=reason)
-    config.save_pretrained(folder)
-    cav = config.load_cav() if hasattr(config, "load_cav") else None
-    copy_chart(card, folder)
-    debias_model_card(config, repo_id=repo_id or folder.resolve().name, library=library,
-                      plain_loading=reason is None, info=card, cav=cav).save(folder / "README.md")
+    with staging_folder(folder) as staging:
+        library = write_native(model.model, staging, refuse_plain_loading=reason)
+        config.save_pretrained(staging)
+        cav = config.load_cav() if hasattr(config, "load_cav") else None
+        copy_chart(card, staging)
+        debias_model_card(config, repo_id=repo_id or folder.resolve().name, library=library,
+                          plain_loading=reason is None, info=card, cav=cav).save(staging / "README.md")
+        add_record(staging, files_under(staging))
+        install(staging, folder, owned=OWNED, barrier=barrier(staging), last=[CONFIG_NAME, MODEL_CONFIG_NAME])
+        if cav is not None and cav.name_or_path is not None and Path(cav.name_or_path).parent == staging:
+            cav.name_or_path = str(folder / Path(cav.name_or_path).name)  # it now lives in the saved folder
     return folder
 
 
@@ -87,9 +102,9 @@ def load_model(name_or_path: str | os.PathLike, *, revision: str | None = None, 
     with a warning. Only JSON and safetensors files are read; ``hub_kwargs`` (``token``, ``cache_dir``,
     ``local_files_only``...) go to ``huggingface_hub.snapshot_download``.
     """
-    folder = resolve_folder(name_or_path, revision=revision, **hub_kwargs)
+    folder = resolve_folder(name_or_path, revision=revision, allow_patterns=[*OWNED, *PUSHED_EXTRA], **hub_kwargs)
+    model = load_native(folder)  # checks the folder against debias_config.json's record first
     config = DebiasConfig.from_pretrained(folder) if (folder / CONFIG_NAME).is_file() else None
-    model = load_native(folder)
     if config is None:
         return model.eval()
     return get_debias_model(model, config).eval()

@@ -45,6 +45,8 @@ class CAVConfig(DebiasConfig):
             raise ValueError(f"cav must be a CAV, a folder or a Hub repo id, got {type(self.cav).__name__}.")
         if isinstance(self.cav, os.PathLike):
             self.cav = str(self.cav)
+        if not isinstance(self.allow_cav_mismatch, bool):
+            raise ValueError(f"allow_cav_mismatch must be True or False, got {self.allow_cav_mismatch!r}.")
         if isinstance(self.cav, CAV) and self.layer is None and self.cav.layer is not None:
             self.layer = self.cav.layer  # the CAV knows where it belongs
 
@@ -73,8 +75,19 @@ class CAVConfig(DebiasConfig):
             cav.name_or_path = saved_from or str(folder / CAV_SUBFOLDER)
 
     def resolve_paths(self, directory: Path) -> None:
-        if isinstance(self.cav, str) and (directory / self.cav).is_dir():
-            self.cav = str(directory / self.cav)
+        """The ``cav`` read from a saved folder's file must name a folder inside it: no absolute path, no ``..``,
+        no symlink out of it and no Hub repo id (a Hub id is followed only when passed in Python or on the
+        command line)."""
+        from ..hub.paths import check_subfolder, inside
+
+        if not isinstance(self.cav, str):
+            return
+        check_subfolder(self.cav, "field 'cav'", allow_root=False)
+        path = directory / self.cav
+        if not path.is_dir():
+            raise ValueError(f"field 'cav' is {self.cav!r}, which is no folder inside {str(directory)!r}; a saved "
+                             f"config keeps its CAV in its own folder ({CAV_SUBFOLDER!r}), never elsewhere.")
+        self.cav = str(inside(directory, path, "the CAV folder named by field 'cav'"))
 
 
 def _load_cav(reference: str) -> CAV:
