@@ -357,3 +357,22 @@ def test_metadata_table_with_absolute_paths(tmp_path):
     dataset = load_image_dataset(root)
     assert dataset["train"][0]["image_path"] == "images/0000.png"
     assert "bias_labels" not in dataset["train"].column_names
+
+
+def test_save_to_disk_folder_split_names_are_mapped_or_refused(tmp_path):
+    features = datasets.Features({"img": datasets.Image(), "label": datasets.ClassLabel(names=["a", "b"])})
+
+    def part(n):
+        return datasets.Dataset.from_dict({"img": [Image.new("RGB", (8, 8))] * n, "label": [i % 2 for i in range(n)]},
+                                          features=features)
+
+    datasets.DatasetDict({"train": part(4), "valid": part(2)}).save_to_disk(str(tmp_path / "saved"))
+    dataset = load_image_dataset(tmp_path / "saved")
+    assert {name: len(split) for name, split in dataset.items()} == {"train": 4, "validation": 2}
+    assert dataset["validation"].features["labels"].names == ["a", "b"]
+    with pytest.raises(ValueError, match=r"has no column 'split' \(split_column\)"):
+        load_image_dataset(tmp_path / "saved", split_column="split")
+    datasets.DatasetDict({"train": part(4), "test_ood": part(2)}).save_to_disk(str(tmp_path / "odd"))
+    with pytest.raises(ValueError, match=r"splits that are none of train / validation \(val, valid, dev\) / test: "
+                                         r"test_ood \(all: train, test_ood\)"):
+        load_image_dataset(tmp_path / "odd")
