@@ -47,11 +47,11 @@ def format_table(rows: Rows, metrics: Sequence[tuple[str, str]] = REPORT_METRICS
 
 def format_group_table(groups: Sequence[Mapping[str, object]], *, class_names: Sequence[str] | None = None,
                        bias_names: Sequence[str] | None = None, worst: tuple[int, int] | None = None,
-                       max_rows: int = 20) -> str:
+                       max_rows: int = 20, bias_header: str = "bias") -> str:
     """One line per (class, bias) group: class and bias name, count, accuracy, aligned / conflicting, the worst
     group marked. ``groups`` are ``hf_debias.metrics.group.groups_from_metrics`` rows; ``worst`` is
     ``(label, bias)`` of the worst group (default: the lowest accuracy). With more than ``max_rows`` groups only
-    the ``max_rows`` worst are shown."""
+    the ``max_rows`` worst are shown. ``bias_header`` names the bias column (e.g. the dataset's ``place``)."""
     if not groups:
         return "(no groups)"
 
@@ -71,7 +71,7 @@ def format_group_table(groups: Sequence[Mapping[str, object]], *, class_names: S
               f"{100 * row['accuracy']:.1f}%",
               {True: "aligned", False: "conflicting"}.get(row.get("aligned"), "-"),
               "<- worst" if (row["label"], row["bias"]) == tuple(worst) else "") for row in shown]
-    headers = ("class", "bias", "count", "accuracy", "group", "")
+    headers = ("class", bias_header, "count", "accuracy", "group", "")
     widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(headers)]
     right = (False, False, True, True, False, False)
 

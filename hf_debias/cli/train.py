@@ -82,13 +82,14 @@ class DataArguments:
 @dataclass
 class TrainingData:
     """What ``load_data`` returns: the train split, the eval splits by name, and the names of the classes and of
-    the bias values (``None`` where the source has none)."""
+    the bias values (``None`` where the source has none), and the source's name for the bias column."""
 
     train: datasets.Dataset
     evaluation: dict[str, datasets.Dataset]
     num_classes: int
     class_names: list[str] | None
     bias_names: list[str] | None
+    bias_source: str = BIAS_COLUMN
 
 
 def load_data(data_args: DataArguments, bias_label_column: str | None = None) -> TrainingData:
@@ -131,7 +132,7 @@ def load_data(data_args: DataArguments, bias_label_column: str | None = None) ->
                       for name, split in evaluation.items()}
     if len(train) == 0:
         raise ValueError(f"The training split of {data_args.dataset!r} is empty.")
-    return TrainingData(train, evaluation, num_classes, class_names, bias_names)
+    return TrainingData(train, evaluation, num_classes, class_names, bias_names, source_bias or BIAS_COLUMN)
 
 
 def _built_in(data_args: DataArguments, source_bias: str | None):
@@ -250,7 +251,9 @@ def run_training(model_args: ModelArguments, data_args: DataArguments, training_
     data.train.set_transform(transform_with(train_transform))
     for split in evaluation.values():
         split.set_transform(transform_with(eval_transform))
-    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    trainer.save_metrics("train", {**result.metrics, "train_samples": len(data.train)})
+    trainer.save_state()  # trainer_state.json in output_dir, as in transformers' run_image_classification.py
     metrics = trainer.evaluate() if evaluation else {}
     if metrics:
         trainer.save_metrics("eval", metrics)
@@ -300,7 +303,7 @@ def summarise(trainer: DebiasTrainer, metrics: dict[str, float], data: TrainingD
         worst = (values.get("worst_group_label"), values.get("worst_group_bias"))
         lines += [f"\n{name}: {len(data.evaluation[name])} images in {len(groups[name])} (class, bias) groups",
                   format_group_table(groups[name], class_names=data.class_names, bias_names=data.bias_names,
-                                     worst=worst if None not in worst else None)]
+                                     worst=worst if None not in worst else None, bias_header=data.bias_source)]
     baseline = trainer.model_card_info().baseline_metrics or {}
     if len(names) == 1 and "eval" in baseline and names[0] not in baseline:
         baseline = {names[0]: baseline["eval"]}
@@ -314,7 +317,8 @@ def summarise(trainer: DebiasTrainer, metrics: dict[str, float], data: TrainingD
     json_path, png_path = write_report(args.output_dir, panels=panels, title=title, metrics=GROUP_METRICS, details={
         "model": model_args.model_name_or_path, "debias": args.debias, "dataset": data_args.dataset,
         "train_samples": len(data.train), "eval_samples": {name: len(data.evaluation[name]) for name in names},
-        "class_names": data.class_names, "bias_names": data.bias_names, "groups": groups,
+        "class_names": data.class_names, "bias_column": data.bias_source, "bias_names": data.bias_names,
+        "groups": groups,
         "baseline_results": args.baseline_results})
     lines.append(f"\nReport: {json_path} and {png_path}")
     text = "\n".join(lines)
