@@ -3,6 +3,7 @@ memory, storage, and the ClArC baselines that use them."""
 
 import gc
 import json
+import warnings
 
 import psutil
 import pytest
@@ -191,3 +192,74 @@ def test_aclarc_shifts_to_the_concept_mean_in_training_only():
     handle.remove()
     projection = pool_activation(acts["a"], "max") @ cav.vector
     assert torch.allclose(projection, torch.full_like(projection, cav.concept_mean), atol=1e-4)
+
+
+# --------------------------------------------------------------------------- pooling="auto"
+def test_auto_pooling_follows_how_the_model_reads_the_layer():
+    from hf_debias.cav import auto_pooling
+
+    model = small_convnet()
+    x = torch.randn(4, 3, 16, 16)
+    assert auto_pooling(model, "stages.3", x).pooling == "mean"  # the last stage: global average pooling + fc
+    assert auto_pooling(model, "stages.3.0", x).pooling == "max"  # its conv: BatchNorm and Tanh follow per position
+    choice = auto_pooling(model, "stages.1", x)
+    assert choice.pooling == "max" and "position by position" in choice.reason and "paper" in choice.reason
+    assert auto_pooling(model, None, x).pooling == "mean" and "[N, C]" in auto_pooling(model, None, x).reason
+    vit = timm.create_model("test_vit", pretrained=False, num_classes=3, img_size=32)
+    x32 = torch.randn(2, 3, 32, 32)
+    assert auto_pooling(vit, f"blocks.{len(vit.blocks) - 1}", x32).pooling == "cls"  # head reads the class token
+    assert auto_pooling(vit, "blocks.0", x32).pooling == "max"
+    assert model.training and vit.training  # modes are restored
+
+
+def test_compute_cav_auto_records_the_choice_and_equals_the_explicit_pooling():
+    model = small_convnet()
+    x, t = images_with_concept()
+    for layer, expected in (("stages.3", "mean"), ("stages.1", "max")):
+        auto = compute_cav(model, layer, (x, t), validation_fraction=0, progress=False)
+        explicit = compute_cav(model, layer, (x, t), pooling=expected, validation_fraction=0, progress=False)
+        assert auto.pooling == expected and torch.equal(auto.vector, explicit.vector)
+        assert auto.fit_params["pooling_reason"] and "pooling_reason" not in explicit.fit_params
+
+
+# --------------------------------------------------------------------------- the AUC and what it rests on
+def test_the_auc_comes_with_its_held_out_counts_and_a_warning_when_small():
+    from hf_debias.cav import MIN_AUC_SAMPLES_PER_VALUE, describe_auc
+
+    model = small_convnet()
+    x, t = images_with_concept(n=48)  # every 10th held out: 5 images, 2 with the concept (index 0, 30), 3 without
+    with pytest.warns(UserWarning, match="rests on 2 held-out images with the concept and 3 without; below 20"):
+        cav = compute_cav(model, "stages.0", (x, t), validation_fraction=0.1, progress=False)
+    assert (cav.quality["held_out_with"], cav.quality["held_out_without"]) == (2, 3)
+    assert describe_auc(cav.quality) == (f"auc={cav.quality['auc']:.3f} on 5 held-out images (2 with, 3 without); "
+                                         "too few to mean anything")
+    assert MIN_AUC_SAMPLES_PER_VALUE == 20
+    x, t = images_with_concept(n=600)  # 60 held out: 20 with, 40 without
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        big = compute_cav(model, "stages.0", (x, t), validation_fraction=0.1, progress=False)
+    assert describe_auc(big.quality) == f"auc={big.quality['auc']:.3f} on 60 held-out images (20 with, 40 without)"
+
+
+def test_a_one_valued_held_out_set_says_no_auc_instead_of_nothing():
+    from hf_debias.cav import describe_auc
+
+    model = small_convnet()
+    x, t = images_with_concept(n=60)
+    t = (torch.arange(60) % 10 == 5).long()  # every 10th sample (0, 10, ...) is held out: none has the concept
+    with pytest.warns(UserWarning, match="No concept-detection AUC: the held-out set has only one concept value "
+                                         r"\(0 with the concept, 6 without\)"):
+        cav = compute_cav(model, "stages.0", (x, t), validation_fraction=0.1, progress=False)
+    assert "auc" not in cav.quality
+    assert describe_auc(cav.quality) == ("no AUC: the held-out set has only one concept value (6 held-out images "
+                                         "(0 with, 6 without))")
+    assert describe_auc({}) == "no AUC: nothing held out"
+    assert describe_auc({"auc": 0.91}) == "auc=0.910 (held-out count not recorded)"
+
+
+def test_filter_cavs_search_the_official_grid():
+    from hf_debias.cav.fitting import REGULARISATION_GRID
+
+    official = tuple(10.0 ** exponent for exponent in range(-5, 5))  # utils/cav.py of the official code
+    assert all(grid == official for _, grid in REGULARISATION_GRID.values())
+    assert official[0] == 1e-5 and official[-1] == 1e4 and len(official) == 10

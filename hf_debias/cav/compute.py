@@ -7,6 +7,8 @@ costs less than full inference. Filter CAVs keep the pooled activations, ``[N, C
 
 from __future__ import annotations
 
+import itertools
+import warnings
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -20,13 +22,13 @@ from ..hooks import LayerHook, StopForward
 from ..layers import resolve_layer
 from ..loading import model_device, model_identity
 from .cav import CAV
-from .fitting import CAV_METHODS, STREAMING_METHODS, ConceptStatistics, check_concept_labels
-from .pooling import POOLINGS, pool_activation
+from .fitting import CAV_METHODS, STREAMING_METHODS, ConceptStatistics, auc_warning, check_concept_labels, held_out_auc
+from .pooling import AUTO, POOLING_CHOICES, POOLINGS, PoolingChoice, auto_pooling, pool_activation
 
 
 @torch.no_grad()
 def compute_cav(model: nn.Module, layer: str | None, data: Any, *, concept: str | None = None,
-                method: str = "signal", pooling: str = "max", concept_column: str = "concept",
+                method: str = "signal", pooling: str = AUTO, concept_column: str = "concept",
                 batch_size: int = 64, device: str | torch.device | None = None,
                 validation_fraction: float = 0.1, max_validation_samples: int = 2048,
                 fit_intercept: bool = True, cv: int = 3, seed: int = 0, progress: bool = True) -> CAV:
@@ -40,9 +42,18 @@ def compute_cav(model: nn.Module, layer: str | None, data: Any, *, concept: str 
             data config) and ``concept_column``.
         method: ``signal`` (default) or ``fastcav`` stream; ``svm`` / ``ridge`` / ``lasso`` / ``logistic``
             collect the pooled activations and fit a scikit-learn model.
-        pooling: ``max`` or ``mean`` over positions / tokens, or ``cls`` (first token) for token models.
+        pooling: ``max`` or ``mean`` over positions / tokens, ``cls`` (first token) for token models, or
+            ``auto`` (the default; before hf_debias 0.2 the default was ``max``): the pooling the model itself
+            applies to the layer, measured on the first batch by ``auto_pooling`` — ``mean`` when the layer is read
+            through global average pooling (e.g. the last stage before timm's ``global_pool`` or a transformers
+            pooler, where a mean-pooled CAV is the direction the head sees), ``cls`` when only the class token
+            reaches the head, else ``max`` (the paper's choice). The choice and its reason are recorded in
+            ``cav.fit_params["pooling_reason"]``.
         validation_fraction: every k-th sample (k = 1 / fraction) is held out, up to ``max_validation_samples``,
-            to measure the concept-detection AUC (``cav.quality["auc"]``); 0 uses every sample for the fit.
+            to measure the concept-detection AUC (``cav.quality``: ``auc`` and the ``held_out_with`` /
+            ``held_out_without`` counts it rests on; see ``hf_debias.cav.describe_auc``). It warns when fewer than
+            ``MIN_AUC_SAMPLES_PER_VALUE`` (20) of either kind were held out, and when only one kind was (no AUC);
+            0 uses every sample for the fit.
         device: where to run (default: where the model's parameters are).
 
     Under ``torch.distributed`` (more than one process) a tensor pair or a ``datasets.Dataset`` is split over the
@@ -50,13 +61,26 @@ def compute_cav(model: nn.Module, layer: str | None, data: Any, *, concept: str 
     every process returns the same CAV as one process on all the data.
     """
     check_choice("method", method, CAV_METHODS)
-    check_choice("pooling", pooling, POOLINGS)
+    check_choice("pooling", pooling, POOLING_CHOICES)
     if not 0.0 <= validation_fraction < 1.0:
         raise ValueError(f"validation_fraction must be in [0, 1), got {validation_fraction!r}.")
     ref = resolve_layer(model, layer)
     device = torch.device(device) if device is not None else model_device(model)
     was_training = model.training
     model.eval()
+    rank, world = (torch.distributed.get_rank(), torch.distributed.get_world_size()) if is_distributed() else (0, 1)
+    batches = _batches(data, model, concept_column, batch_size, rank, world)
+    first = next(batches, None)
+    choice = None
+    if pooling == AUTO:
+        try:
+            choice = _agreed_pooling(model, layer, first, world)
+        except BaseException:
+            model.train(was_training)
+            raise
+        pooling = choice.pooling
+    if first is not None:
+        batches = itertools.chain([first], batches)
     hook = LayerHook(ref, stop_forward=True)
     streaming = method in STREAMING_METHODS
     stats: ConceptStatistics | None = None
@@ -67,10 +91,8 @@ def compute_cav(model: nn.Module, layer: str | None, data: Any, *, concept: str 
     held_labels: list[torch.Tensor] = []
     every = round(1 / validation_fraction) if validation_fraction > 0 else 0
     seen = held = 0
-    rank, world = (torch.distributed.get_rank(), torch.distributed.get_world_size()) if is_distributed() else (0, 1)
     try:
-        for pixel_values, labels, index in tqdm(_batches(data, model, concept_column, batch_size, rank, world),
-                                                desc="computing CAV", disable=not progress or rank > 0,
+        for pixel_values, labels, index in tqdm(batches, desc="computing CAV", disable=not progress or rank > 0,
                                                 total=_num_batches(data, batch_size, world)):
             labels = check_concept_labels(labels, pixel_values.shape[0], require_both=False)
             hook.reset()
@@ -124,11 +146,31 @@ def compute_cav(model: nn.Module, layer: str | None, data: Any, *, concept: str 
     else:
         cav = CAV.fit(torch.cat(fit_rows), torch.cat(fit_labels), method=method, fit_intercept=fit_intercept,
                       cv=cv, seed=seed, **metadata)
-    if held_rows:
-        held_labels_all = torch.cat(held_labels)
-        if held_labels_all.unique().numel() == 2:
-            cav.evaluate(torch.cat(held_rows), held_labels_all)
+    if choice is not None:
+        cav.fit_params["pooling_reason"] = choice.reason
+    if every:
+        rows = torch.cat(held_rows) if held_rows else torch.zeros(0, cav.num_channels)
+        labels = torch.cat(held_labels) if held_labels else torch.zeros(0, dtype=torch.long)
+        cav.quality.update(held_out_auc(cav.project(rows), labels))
+        warning = auc_warning(cav.quality)
+        if warning and rank == 0:
+            warnings.warn(warning, stacklevel=3)
     return cav
+
+
+def _agreed_pooling(model: nn.Module, layer: str | None, first: tuple | None, world: int) -> PoolingChoice:
+    """``auto_pooling`` on the first batch; under ``torch.distributed`` every process takes the same choice (a
+    process without data takes the others')."""
+    choice = auto_pooling(model, layer, first[0]) if first is not None else None
+    if world == 1:
+        if choice is None:
+            raise ValueError("data yielded no samples.")
+        return choice
+    code = torch.tensor([POOLINGS.index(choice.pooling) + 1 if choice is not None else 0])
+    agreed = POOLINGS[int(all_reduce_max(code)[0]) - 1]
+    if choice is not None and choice.pooling == agreed:
+        return choice
+    return PoolingChoice(agreed, "as measured on the other processes' data")
 
 
 def _num_channels_everywhere(local: int) -> int:

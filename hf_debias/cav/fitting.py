@@ -19,13 +19,27 @@ CAV_METHODS = ("signal", "fastcav", "svm", "ridge", "lasso", "logistic")
 STREAMING_METHODS = ("signal", "fastcav")
 """Methods that need only per-class sums (one streaming pass); the others keep the pooled activations."""
 
+OFFICIAL_GRID = tuple(10.0 ** exponent for exponent in range(-5, 5))
+"""``1e-5, 1e-4, ..., 1e4``: the regularisation grid of the official RR-ClArC code (``utils/cav.py``), the same
+for every filter CAV."""
+
 REGULARISATION_GRID = {
-    "svm": ("C", (1e-3, 1e-2, 1e-1, 1.0, 10.0)),
-    "logistic": ("C", (1e-3, 1e-2, 1e-1, 1.0, 10.0)),
-    "ridge": ("alpha", (1e-2, 1e-1, 1.0, 10.0, 100.0)),
-    "lasso": ("alpha", (1e-4, 1e-3, 1e-2, 1e-1)),
+    "svm": ("C", OFFICIAL_GRID),
+    "logistic": ("C", OFFICIAL_GRID),
+    "ridge": ("alpha", OFFICIAL_GRID),
+    "lasso": ("alpha", OFFICIAL_GRID),
 }
-"""The hyper-parameter each filter CAV searches and its grid (log-spaced, as in the paper's code)."""
+"""The hyper-parameter each filter CAV searches and its grid: the official code's ``OFFICIAL_GRID``. How the
+best value is chosen is ours: the mean concept-detection ROC AUC over ``cv`` stratified folds with balanced sample
+weights (the official code uses scikit-learn's ``GridSearchCV`` defaults: 5 folds scored by accuracy, or R² for
+ridge / lasso); ties go to the value listed first (the strongest regularisation for ``C``, the weakest for
+``alpha``)."""
+
+MIN_AUC_SAMPLES_PER_VALUE = 20
+"""Below this many held-out samples with the concept, or without it, the concept-detection AUC is reported with a
+warning: it is too noisy to mean anything. The Hanley–McNeil standard error of an AUC of 0.9 is 0.05 with 20 of
+each and 0.16 with 3 and 2 (and a perfect 1.000 on 5 images happens by chance for a useless direction one time
+in ten)."""
 
 
 class ConceptStatistics:
@@ -87,6 +101,54 @@ def check_concept_labels(labels: object, num_samples: int, *, require_both: bool
         raise ValueError(f"concept_labels are all {values.pop() if values else '(empty)'}: a CAV needs samples with "
                          "(1) and without (0) the concept.")
     return tensor
+
+
+def held_out_auc(scores: torch.Tensor, concept_labels: object) -> dict[str, float]:
+    """The concept-detection ROC AUC of projections ``scores`` with how many samples it rests on.
+
+    Returns ``{"auc", "held_out_with", "held_out_without"}``; without ``auc`` when the held-out samples have only
+    one concept value (an AUC needs both). See ``describe_auc`` and ``auc_warning``.
+    """
+    scores = torch.as_tensor(scores).detach().double().cpu().reshape(-1)
+    labels = check_concept_labels(concept_labels, scores.shape[0], require_both=False)
+    with_concept = int(labels.sum())
+    quality: dict[str, float] = {"held_out_with": with_concept, "held_out_without": labels.numel() - with_concept}
+    if 0 < with_concept < labels.numel():
+        from sklearn.metrics import roc_auc_score
+
+        quality["auc"] = float(roc_auc_score(labels.numpy(), scores.numpy()))
+    return quality
+
+
+def describe_auc(quality: dict[str, float]) -> str:
+    """One line: ``auc=1.000 on 5 held-out images (3 with, 2 without)``, with the caveat when it is too small, or
+    why there is no AUC."""
+    auc, with_concept, without = (quality.get(key) for key in ("auc", "held_out_with", "held_out_without"))
+    if with_concept is None or without is None:
+        return f"auc={auc:.3f} (held-out count not recorded)" if auc is not None else "no AUC: nothing held out"
+    counts = f"{int(with_concept) + int(without)} held-out images ({int(with_concept)} with, {int(without)} without)"
+    if auc is None:
+        if with_concept + without == 0:
+            return "no AUC: nothing held out (validation_fraction=0)"
+        return f"no AUC: the held-out set has only one concept value ({counts})"
+    warning = auc_warning(quality)
+    return f"auc={auc:.3f} on {counts}" + ("; too few to mean anything" if warning else "")
+
+
+def auc_warning(quality: dict[str, float]) -> str | None:
+    """Why the recorded AUC cannot be trusted (none, one-valued or too small a held-out set), else ``None``."""
+    auc, with_concept, without = (quality.get(key) for key in ("auc", "held_out_with", "held_out_without"))
+    if with_concept is None or without is None or with_concept + without == 0:
+        return None
+    if auc is None:
+        return (f"No concept-detection AUC: the held-out set has only one concept value ({int(with_concept)} "
+                f"with the concept, {int(without)} without); hold out more samples of both kinds "
+                "(validation_fraction, max_validation_samples).")
+    if min(with_concept, without) < MIN_AUC_SAMPLES_PER_VALUE:
+        return (f"The concept-detection AUC ({auc:.3f}) rests on {int(with_concept)} held-out images with the "
+                f"concept and {int(without)} without; below {MIN_AUC_SAMPLES_PER_VALUE} of each it is too noisy to "
+                "mean anything. Use more images or a larger validation_fraction.")
+    return None
 
 
 def fit_direction(activations: torch.Tensor, concept_labels: torch.Tensor, method: str, *,
