@@ -152,7 +152,7 @@ def test_bias_csv_errors_name_the_offending_rows(tmp_path):
 
     bad.write_text("\n".join(lines + [lines[3]]) + "\n")  # a duplicate row
     with pytest.raises(ValueError, match=r"1 duplicate rows for the same image, e.g. 'train/bird/0002.png' "
-                                         r"\(rows 4 and 24"):
+                                         r"\(lines 4 and 24"):
         load_image_dataset(root, bias_csv=bad)
     bad.write_text("\n".join(lines + ["train/cat/9999.png,1"]) + "\n")  # a row matching no image
     with pytest.raises(ValueError, match=r"1 rows match no image .* e\.g\. 'train/cat/9999\.png'"):

@@ -309,7 +309,7 @@ def _subfolders(folder: Path) -> list[Path]:
 def _walk_files(folder: Path, max_depth: int | None = None):
     """Every non-hidden file under ``folder``, in sorted order (``max_depth`` folders deep at most)."""
     base = len(folder.parts)
-    for dirpath, dirnames, filenames in os.walk(folder):
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
         if max_depth is not None and len(Path(dirpath).parts) - base >= max_depth:
             dirnames[:] = []
         dirnames[:] = sorted(d for d in dirnames if not _skipped(d))
@@ -429,7 +429,7 @@ def _resolve_paths(values: Sequence[Any], root: Path, where: str, column: str) -
 def _relative_files(root: Path) -> set[str]:
     """The posix paths, relative to ``root``, of every non-hidden file under it."""
     files = set()
-    for dirpath, dirnames, filenames in os.walk(root):
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):  # image folders are often links
         dirnames[:] = [d for d in dirnames if not _skipped(d)]
         relative = os.path.relpath(dirpath, root).replace(os.sep, "/")
         prefix = "" if relative == "." else relative + "/"
@@ -652,6 +652,7 @@ def _bias_from_table(path: Path, files: _Files, column: str, image_column: str |
             suffixes["/".join(parts[k:])].append(i)
     row_of: dict[int, int] = {}
     unmatched, ambiguous, duplicates = [], [], []
+    unit, offset = ("lines", 2) if path.suffix.lower() in (".csv", ".tsv") else ("rows", 1)  # as an editor shows them
     for row, raw in enumerate(table[key_column]):
         key = _normalise(str(raw), files.root)
         hits = [position[key]] if key in position else suffixes.get(key, [])
@@ -661,7 +662,7 @@ def _bias_from_table(path: Path, files: _Files, column: str, image_column: str |
             more = ", ..." if len(hits) > 3 else ""
             ambiguous.append(f"{key!r} ({', '.join(files.paths[h] for h in hits[:3])}{more})")
         elif hits[0] in row_of:
-            duplicates.append(f"{key!r} (rows {row_of[hits[0]] + 2} and {row + 2}: {files.paths[hits[0]]})")
+            duplicates.append(f"{key!r} ({unit} {row_of[hits[0]] + offset} and {row + offset}: {files.paths[hits[0]]})")
         else:
             row_of[hits[0]] = row
     if unmatched:
