@@ -3,6 +3,7 @@ memory, storage, and the ClArC baselines that use them."""
 
 import gc
 import json
+import re
 import warnings
 
 import psutil
@@ -263,3 +264,38 @@ def test_filter_cavs_search_the_official_grid():
     official = tuple(10.0 ** exponent for exponent in range(-5, 5))  # utils/cav.py of the official code
     assert all(grid == official for _, grid in REGULARISATION_GRID.values())
     assert official[0] == 1e-5 and official[-1] == 1e4 and len(official) == 10
+
+
+def test_cli_cav_says_which_pooling_it_used_and_what_the_auc_rests_on(tmp_path, capsys):
+    import numpy as np
+    from PIL import Image
+
+    from hf_debias.cav import POOLING_CHOICES
+    from hf_debias.cli import cav as cav_command
+    from hf_debias.cli import main
+
+    assert cav_command.POOLING_CHOICES == POOLING_CHOICES and cav_command.CAV_METHODS == CAV_METHODS
+    rng = np.random.default_rng(0)
+    for folder, brightness in (("with", 200), ("without", 20)):
+        (tmp_path / folder).mkdir()
+        for index in range(12):
+            pixels = rng.integers(0, 40, (16, 16, 3)).astype("uint8")
+            pixels[:5, :5] = brightness
+            Image.fromarray(pixels).save(tmp_path / folder / f"{index}.png")
+    common = ["--concept-dir", str(tmp_path / "with"), "--clean-dir", str(tmp_path / "without"),
+              "--validation-fraction", "0.25", "--no-progress"]
+    with pytest.warns(UserWarning, match="rests on 3 held-out images with the concept and 3 without"):
+        assert main(["cav", "simple_convnet", "--layer", "stages.3", "--output-dir", str(tmp_path / "a"),
+                     *common]) == 0
+    out = capsys.readouterr().out
+    assert ("pooling: mean (the logits' gradient is the same at every position of 'stages.3', so the model reads it "
+            "through global average pooling)") in out
+    assert re.search(r"concept detection: auc=[01]\.\d{3} on 6 held-out images \(3 with, 3 without\); too few to "
+                     "mean anything", out)
+    saved = CAV.from_pretrained(tmp_path / "a")
+    assert saved.pooling == "mean" and saved.quality["held_out_with"] == 3 and "global average" in \
+        saved.fit_params["pooling_reason"]
+    with pytest.warns(UserWarning):
+        assert main(["cav", "simple_convnet", "--layer", "stages.3", "--pooling", "max", "--output-dir",
+                     str(tmp_path / "b"), *common]) == 0
+    assert "pooling: max (as requested)" in capsys.readouterr().out

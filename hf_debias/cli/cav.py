@@ -21,10 +21,10 @@ cav.safetensors + cav_config.json in --output-dir (optionally also on the Hub).
         --output-dir cav
 """
 CONTROLLED_ARTIFACT = "controlled-artifact"
-# hf_debias.cav.CAV_METHODS / POOLINGS, written out so that the parser is built without importing torch (a test
-# checks that they agree).
+# hf_debias.cav.CAV_METHODS / POOLING_CHOICES, written out so that the parser is built without importing torch (a
+# test checks that they agree).
 CAV_METHODS = ("signal", "fastcav", "svm", "ridge", "lasso", "logistic")
-POOLINGS = ("max", "mean", "cls")
+POOLING_CHOICES = ("auto", "max", "mean", "cls")
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
 
@@ -68,10 +68,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     fitting = parser.add_argument_group("fitting")
     fitting.add_argument("--method", default="signal", choices=CAV_METHODS,
                          help="signal (default, streaming) / fastcav, or a filter CAV: svm, ridge, lasso, logistic")
-    fitting.add_argument("--pooling", default="max", choices=POOLINGS, help="how the layer's activation is pooled")
+    fitting.add_argument("--pooling", default="auto", choices=POOLING_CHOICES,
+                         help="how the layer's activation is pooled; auto: as the model reads the layer (mean behind "
+                              "global average pooling, cls when the head reads the class token, else max, the "
+                              "paper's choice), measured on the first batch")
     fitting.add_argument("--no-intercept", action="store_true", help="filter CAVs: fit without an intercept")
     fitting.add_argument("--validation-fraction", type=float, default=0.1,
-                         help="share of samples held out for the concept-detection AUC")
+                         help="share of samples held out for the concept-detection AUC (it warns below 20 held-out "
+                              "images with the concept or without)")
     fitting.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
     model = parser.add_argument_group("model")
     model.add_argument("--num-classes", type=int, default=None, help="replace the head with this many classes")
@@ -98,11 +102,20 @@ def run(args: argparse.Namespace) -> int:
                       concept_column="concept", batch_size=args.batch_size, validation_fraction=args.validation_fraction,
                       fit_intercept=not args.no_intercept, progress=not args.no_progress)
     cav.save_pretrained(args.output_dir)
-    print(f"{cav}\nSaved to {args.output_dir}")
+    print(f"{cav}\n{describe_cav(cav)}\nSaved to {args.output_dir}")
     if args.push_to_hub:
         commit = cav.push_to_hub(args.push_to_hub, subfolder=args.hub_subfolder)
         print(f"Pushed to {args.push_to_hub}: {getattr(commit, 'commit_url', commit)}")
     return 0
+
+
+def describe_cav(cav) -> str:
+    """Two lines: the pooling used and why, and the concept-detection AUC with the held-out count it rests on."""
+    from ..cav import describe_auc
+
+    reason = cav.fit_params.get("pooling_reason")
+    pooling = f"pooling: {cav.pooling} ({reason})" if reason else f"pooling: {cav.pooling} (as requested)"
+    return f"{pooling}\nconcept detection: {describe_auc(cav.quality)}"
 
 
 def load_checkpoint(model: torch.nn.Module, path: str) -> None:
