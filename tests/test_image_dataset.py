@@ -376,3 +376,9 @@ def test_save_to_disk_folder_split_names_are_mapped_or_refused(tmp_path):
     with pytest.raises(ValueError, match=r"splits that are none of train / validation \(val, valid, dev\) / test: "
                                          r"test_ood \(all: train, test_ood\)"):
         load_image_dataset(tmp_path / "odd")
+    unlabelled = part(2).cast_column("label", datasets.Value("int64")).map(lambda row: {"label": -1})
+    unlabelled = unlabelled.cast_column("label", datasets.ClassLabel(names=["a", "b"]))
+    datasets.DatasetDict({"train": part(4), "test": unlabelled}).save_to_disk(str(tmp_path / "unlabelled"))
+    with pytest.raises(ValueError, match=r"column 'label' has ids \[-1\] in the test split, outside 0\.\.1 \(-1 marks "
+                                         r"unlabelled rows\)"):
+        load_image_dataset(tmp_path / "unlabelled")

@@ -748,10 +748,11 @@ def _from_datasets(dataset, where: str, options: _Options) -> datasets.DatasetDi
         warnings.warn(f"{where} has the splits {', '.join(dataset)}: they are used, and its 'split' column is not.",
                       stacklevel=4)
         split_name = None
+    of_row = None  # with a split column: the split of each row of the one source split
     if split_name is not None:
         only = next(iter(dataset.values()))
         of_row = _parse_splits(list(only[split_name]), where, split_name)
-        parts = {s: only.select([i for i, x in enumerate(of_row) if x == s]) for s in SPLITS if s in of_row}
+        parts = {"all": only}  # converted whole, split last: selecting first would copy every image
     else:
         parts, unknown = {}, []
         for name, split in dataset.items():
@@ -779,17 +780,19 @@ def _from_datasets(dataset, where: str, options: _Options) -> datasets.DatasetDi
     classes = {target: _hub_classes(parts, source, features[source], where)
                for source, target in targets.items() if target != "image"}
     result = {}
-    for split, part in parts.items():
+    for key, part in parts.items():
         part = part.select_columns(list(targets))
         part = part.rename_columns({source: f"__hf_debias_{target}" for source, target in targets.items()})
         part = part.rename_columns({f"__hf_debias_{target}": target for target in targets.values()})
         for target, (ids, names_) in classes.items():
             if ids is not None:  # a plain column: replaced by its ids (no cast, which would rewrite every image)
-                part = part.remove_columns(target).add_column(target, ids[split],
+                part = part.remove_columns(target).add_column(target, ids[key],
                                                               feature=datasets.ClassLabel(names=names_))
         if not isinstance(part.features["image"], datasets.Image):
             part = part.cast_column("image", datasets.Image())
-        result[split] = part
+        result[key] = part
+    if of_row is not None:
+        result = {s: result["all"].select([i for i, x in enumerate(of_row) if x == s]) for s in SPLITS if s in of_row}
     if list(result) == ["train"]:
         warnings.warn(f"{where} has only a train split: hold out evaluation data yourself.", stacklevel=4)
     return _checked(datasets.DatasetDict(result), where)
@@ -820,8 +823,8 @@ def _hub_image_column(image_column: str | None, names: Sequence[str], features, 
 
 
 def _hub_classes(parts: dict, column: str, feature, where: str) -> tuple[dict[str, list[int]] | None, list[str]]:
-    """``(None, names)`` for a ClassLabel column (ids checked), else ``({split: ids}, names)`` encoded over all
-    splits together."""
+    """``(None, names)`` for a ClassLabel column (ids checked), else ``({part: ids}, names)`` encoded over all
+    parts together."""
     import datasets
 
     if isinstance(feature, datasets.ClassLabel):
@@ -829,7 +832,8 @@ def _hub_classes(parts: dict, column: str, feature, where: str) -> tuple[dict[st
             ids = list(part[column])
             bad = sorted({i for i in ids if not 0 <= i < feature.num_classes})
             if bad:
-                raise ValueError(f"{where}: the {split} split has {column!r} ids {bad[:_SHOW]} outside 0.."
+                part_name = "" if split == "all" else f" in the {split} split"
+                raise ValueError(f"{where}: column {column!r} has ids {bad[:_SHOW]}{part_name}, outside 0.."
                                  f"{feature.num_classes - 1} (-1 marks unlabelled rows); use labelled splits only.")
         return None, list(feature.names)
     if not isinstance(feature, datasets.Value):
