@@ -197,7 +197,24 @@ class ScaledLogitsNet(nn.Module):
         return self.classifier(self.features(x)) + torch.tensor([0.0, 1.0, 2.0])
 
 
+class TwoHeadNet(nn.Module):
+    """Two heads averaged into the logits, as in timm's distilled models (``get_classifier`` returns both)."""
+
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, 8, 3), nn.Tanh(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.head, self.head_dist = nn.Linear(8, 3), nn.Linear(8, 3)
+
+    def get_classifier(self):
+        return self.head, self.head_dist
+
+    def forward(self, x):
+        features = self.features(x)
+        return (self.head(features) + self.head_dist(features)) / 2
+
+
 @pytest.mark.parametrize("build, layer, problem", [
+    (TwoHeadNet, None, "TwoHeadNet has 2 classifier heads"),
     (timm_model, "layer2", "is not the input of the classifier head \\('fc:input'\\)"),
     (MlpHeadNet, None, "the classifier head 'classifier' is a Sequential, not a linear layer"),
 ])

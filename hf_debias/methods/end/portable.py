@@ -49,6 +49,12 @@ def portable_form_problem(model: nn.Module, ref: LayerRef) -> str | None:
     homogeneous operations (see ``head_linear``). That the head's output *is* the model's logits is checked on the
     first training step (``EnD.penalty``).
     """
+    for owner in model.modules():
+        getter = getattr(owner, "get_classifier", None)
+        heads = getter() if callable(getter) else None
+        if isinstance(heads, (tuple, list)):
+            return (f"{type(owner).__name__} has {len(heads)} classifier heads (e.g. a distillation head) whose "
+                    "outputs are combined into the logits")
     try:
         head_name, head = find_classifier(model)
     except ValueError as err:
