@@ -382,3 +382,17 @@ def test_save_to_disk_folder_split_names_are_mapped_or_refused(tmp_path):
     with pytest.raises(ValueError, match=r"column 'label' has ids \[-1\] in the test split, outside 0\.\.1 \(-1 marks "
                                          r"unlabelled rows\)"):
         load_image_dataset(tmp_path / "unlabelled")
+
+
+def test_parent_of_class_folders_and_unpulled_lfs_files_are_errors(tmp_path):
+    write_class_folders(tmp_path / "download", splits=False, bias_csv=False)
+    with pytest.raises(ValueError, match=r"single class folder, images/, which holds no image of its own, only "
+                                         r"sub-folders \(bird, cat, dog\): pass .*images as the dataset"):
+        load_image_dataset(tmp_path / "download")
+    clone = tmp_path / "clone"
+    (clone / "data").mkdir(parents=True)
+    (clone / "data" / "train-00000-of-00001.parquet").write_text(
+        "version https://git-lfs.github.com/spec/v1\noid sha256:0123\nsize 123\n")
+    with pytest.raises(FileNotFoundError, match=r"train-00000-of-00001\.parquet is a Git LFS pointer, not the data: "
+                                                r"run `git lfs pull`"):
+        load_image_dataset(clone)

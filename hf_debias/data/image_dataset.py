@@ -40,6 +40,7 @@ CELEBA_PARTITION_FILES = ("list_eval_partition.txt", "list_eval_partition.csv")
 NO_SPLIT = ("", "none")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 _SHOW = 5  # offenders named in an error message
+_LFS_POINTER = b"version https://git-lfs"
 
 
 @dataclass
@@ -171,8 +172,14 @@ def _from_folder(path: Path, options: _Options) -> datasets.DatasetDict:
         for name in CELEBA_ATTRIBUTE_FILES:
             if (folder / name).is_file():
                 return _finish(_celeba(path, folder / name, options))
-    if any(p.suffix in (".parquet", ".arrow") for p in _walk_files(path, max_depth=3)):
+    data_file = next((p for p in _walk_files(path, max_depth=3) if p.suffix in (".parquet", ".arrow")), None)
+    if data_file is not None:
         import datasets
+
+        with open(data_file, "rb") as handle:
+            if handle.read(len(_LFS_POINTER)) == _LFS_POINTER:
+                raise FileNotFoundError(f"{data_file} is a Git LFS pointer, not the data: run `git lfs pull` in "
+                                        f"{path} (or pass the Hub dataset id).")
 
         return _from_datasets(_call_datasets(datasets.load_dataset, str(path), where=str(path)), str(path), options)
     return _finish(_class_folders(path, options))
@@ -259,6 +266,9 @@ def _class_folders(root: Path, options: _Options) -> _Files:
     names = sorted(classes)
     if len(names) == 1:
         inner = None if split_folders else _other_layout(root / names[0])
+        if not split_folders and not inner and all(p.count("/") > 1 for p in paths):
+            below = ", ".join(d.name for d in _subfolders(root / names[0])[:_SHOW])
+            inner = f"no image of its own, only sub-folders ({below})"
         if inner:
             raise ValueError(f"{root} has a single class folder, {names[0]}/, which holds {inner}: pass "
                              f"{root / names[0]} as the dataset.")
