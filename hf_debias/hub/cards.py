@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
 from .. import __version__
+from .paths import recordable_name
 
 if TYPE_CHECKING:
     from huggingface_hub import ModelCard
@@ -109,7 +110,7 @@ def debias_model_card(config: DebiasConfig, *, repo_id: str, library: str, plain
 
     info = info or ModelCardInfo()
     model_name = repo_id.rstrip("/").split("/")[-1]
-    base = config.base_model_name_or_path
+    base = recordable_name(config.base_model_name_or_path)
     base_hub = _hub_id(base)
     splits = list(dict.fromkeys([*info.metrics, *info.baseline_metrics]))
     rows = []
@@ -127,7 +128,8 @@ def debias_model_card(config: DebiasConfig, *, repo_id: str, library: str, plain
         eval_results=_eval_results(info) or None)
     cav_summary = None
     if cav is not None:
-        cav_summary = {**cav.metadata(), "auc": cav.quality.get("auc")}
+        cav_summary = {**cav.metadata(), "auc": cav.quality.get("auc"),
+                       "base_model_name_or_path": recordable_name(cav.base_model_name_or_path)}
     return ModelCard.from_template(
         card_data, template_path=str(TEMPLATES / "debias_model_card.md"),
         model_name=model_name, repo_id=repo_id, method_title=config.method_title or config.debias_method,
@@ -154,7 +156,8 @@ def cav_card(cavs: Mapping[str, CAV], *, repo_id: str) -> ModelCard:
     for folder, cav in cavs.items():
         auc = cav.quality.get("auc")
         rows.append({"folder": folder or ".", "concept": cav.concept or "-", "layer": cav.layer,
-                     "base_model": cav.base_model_name_or_path or "-", "num_channels": cav.num_channels,
+                     "base_model": recordable_name(cav.base_model_name_or_path) or "-",
+                     "num_channels": cav.num_channels,
                      "method": cav.method, "pooling": cav.pooling, "num_samples": cav.num_samples,
                      "num_concept_samples": cav.num_concept_samples, "auc": f"{auc:.3f}" if auc is not None else "-"})
     bases = {_hub_id(cav.base_model_name_or_path) for cav in cavs.values()} - {None}

@@ -95,7 +95,7 @@ def push_folder(folder: str | os.PathLike, repo_id: str, *, commit_message: str 
     folder = Path(folder)
     if not isinstance(repo_id, str) or not repo_id or repo_id.count("/") > 1:
         raise ValueError(f"repo_id must look like 'name' or 'org/name', got {repo_id!r}.")
-    path_in_repo = check_subfolder(path_in_repo.strip("/") if isinstance(path_in_repo, str) else path_in_repo,
+    path_in_repo = check_subfolder(path_in_repo.rstrip("/") if isinstance(path_in_repo, str) else path_in_repo,
                                    "path_in_repo")
     files = files_to_push(folder)
     if not files:

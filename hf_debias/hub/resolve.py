@@ -1,4 +1,5 @@
-"""Find a saved artifact: a local folder, or a Hub repo resolved through huggingface_hub's cache.
+"""Find a saved artifact: a local folder, or a Hub repo resolved through huggingface_hub's cache. A file of a local
+folder must resolve inside it (no symlink out).
 
 Every Hub lookup goes through here so that "not found" always reads the same way: it names the id, says whether
 offline mode is on, and says what to do — instead of a bare ``LocalEntryNotFoundError`` from deep inside.
@@ -9,6 +10,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import Any
+
+from .paths import inside
 
 PICKLE_PATTERNS = ["*.bin", "*.pt", "*.pth", "*.pkl", "*.pickle", "*.ckpt"]
 """Files hf_debias never downloads, reads or uploads (pickle-based formats)."""
@@ -55,7 +58,7 @@ def resolve_file(name_or_path: str | os.PathLike, filename: str, *, subfolder: s
         if not path.is_file():
             found = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
             raise FileNotFoundError(f"{str(folder)!r} has no {filename}; found {found}.")
-        return path
+        return inside(name_or_path, path, filename)
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
