@@ -248,7 +248,8 @@ def test_metadata_table_errors(tmp_path):
 
     table.write_text(text.replace(",val,", ",holdout,"))
     with pytest.raises(ValueError, match=r"split column 'split' has values that name no split: 'holdout'\. "
-                                         r"Accepted: train, val"):
+                                         r"Accepted: train / training, val / valid / validation / dev, "
+                                         r"test / testing, or 0 / 1 / 2"):
         load_image_dataset(root)
     table.write_text(text)
     (root / "images" / "0003.png").unlink()
@@ -396,3 +397,20 @@ def test_parent_of_class_folders_and_unpulled_lfs_files_are_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"train-00000-of-00001\.parquet is a Git LFS pointer, not the data: "
                                                 r"run `git lfs pull`"):
         load_image_dataset(clone)
+
+
+def test_split_folders_under_other_names(tmp_path):
+    root = tmp_path / "mnist_png"
+    for split, n in (("training", 3), ("testing", 2)):
+        for digit in ("0", "1"):
+            for i in range(n):
+                (root / split / digit).mkdir(parents=True, exist_ok=True)
+                Image.new("RGB", (8, 8)).save(root / split / digit / f"{i}.png")
+    dataset = load_image_dataset(root)  # training / testing are split names too
+    assert {name: len(part) for name, part in dataset.items()} == {"train": 6, "test": 4}
+    assert dataset["train"].features["labels"].names == ["0", "1"]
+    (root / "training").rename(root / "part_a")
+    (root / "testing").rename(root / "part_b")
+    with pytest.raises(ValueError, match=r"class folders of .* \(part_a, part_b\) hold no image of their own but the "
+                                         r"same sub-folders \(0, 1\): if they are split folders, name them"):
+        load_image_dataset(root)

@@ -28,8 +28,9 @@ logger = logging.getLogger(__name__)
 
 SPLITS = ("train", "validation", "test")
 #: Split names (case-insensitive) and numbers accepted in split columns, split folders and Hub split names.
-SPLIT_ALIASES = {"train": "train", "val": "validation", "valid": "validation", "validation": "validation",
-                 "dev": "validation", "test": "test", "0": "train", "1": "validation", "2": "test"}
+SPLIT_ALIASES = {"train": "train", "training": "train", "val": "validation", "valid": "validation",
+                 "validation": "validation", "dev": "validation", "test": "test", "testing": "test",
+                 "0": "train", "1": "validation", "2": "test"}
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 PATH_COLUMNS = ("file_name", "img_filename", "image_id", "image", "path", "filepath")
 LABEL_COLUMNS = ("label", "labels", "y")
@@ -79,7 +80,8 @@ def load_image_dataset(
     Args:
         source: a folder (class folders; a metadata table ``metadata.{csv,tsv,jsonl,parquet}`` next to the
             images, e.g. Waterbirds as downloaded; CelebA as downloaded; a clone of a Hub dataset repo with
-            parquet / arrow files; a ``save_to_disk`` folder), a table file, or a Hub dataset id.
+            parquet / arrow files; a ``save_to_disk`` folder), a table file, or a Hub dataset id (a local path of
+            the same name wins).
         label_column: the column (CelebA: attribute) holding the target; ``None`` finds one of
             ``label`` / ``labels`` / ``y`` (class folders: the folder names).
         bias_label_column: the column (CelebA: attribute) holding the bias; with ``bias_csv``, that table's
@@ -273,6 +275,8 @@ def _class_folders(root: Path, options: _Options) -> _Files:
             raise ValueError(f"{root} has a single class folder, {names[0]}/, which holds {inner}: pass "
                              f"{root / names[0]} as the dataset.")
         warnings.warn(f"{root} has a single class ({names[0]}).", stacklevel=4)
+    elif not split_folders:
+        _no_unnamed_split_folders(root, names)
     trained = {c for c, s in zip(class_of, splits) if s == "train"}
     for split in ("validation", "test"):
         extra = sorted({c for c, s in zip(class_of, splits) if s == split} - trained)
@@ -288,6 +292,22 @@ def _class_folders(root: Path, options: _Options) -> _Files:
     if options.bias_csv is not None:
         files.bias = _bias_from_table(options.bias_csv, files, options.bias_label_column or "bias_labels", None)
     return files
+
+
+def _no_unnamed_split_folders(root: Path, names: Sequence[str]) -> None:
+    """Refuse class folders that all hold the same sub-folders and no image of their own: split folders under
+    other names (``root/A/cat/...``, ``root/B/cat/...``) that would otherwise become classes A and B."""
+    inner = {}
+    for name in names:
+        folder = root / name
+        if any(p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS for p in folder.iterdir()):
+            return
+        inner[name] = {d.name for d in _subfolders(folder)}
+    shared = set.intersection(*inner.values())
+    if shared:
+        raise ValueError(f"The class folders of {root} ({', '.join(names[:_SHOW])}) hold no image of their own but "
+                         f"the same sub-folders ({', '.join(sorted(shared)[:_SHOW])}): if they are split folders, "
+                         "name them train / val / test (or training / validation / testing ...).")
 
 
 def _no_loose_images(folder: Path) -> None:
@@ -582,8 +602,9 @@ def _parse_splits(values: Sequence[Any], where: str, column: str) -> list[str]:
         splits.append(split)
     if unknown:
         raise ValueError(f"{where}: the split column {column!r} has values that name no split: "
-                         f"{', '.join(repr(v) for v in unknown[:_SHOW])}. Accepted: train, val / valid / validation "
-                         "/ dev, test, or 0 / 1 / 2 (= train / validation / test); split_column='none' ignores it.")
+                         f"{', '.join(repr(v) for v in unknown[:_SHOW])}. Accepted: train / training, val / valid / "
+                         "validation / dev, test / testing, or 0 / 1 / 2 (= train / validation / test); "
+                         "split_column='none' ignores the column.")
     return splits
 
 
