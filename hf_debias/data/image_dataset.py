@@ -87,8 +87,9 @@ def load_image_dataset(
         bias_label_column: the column (CelebA: attribute) holding the bias; with ``bias_csv``, that table's
             column (default ``bias_labels``); ``None`` without ``bias_csv``: ``bias_labels`` if the source has it,
             else no bias.
-        split_column: the column giving the split (``train`` / ``val`` / ``validation`` / ``valid`` / ``dev`` /
-            ``test`` or 0 / 1 / 2); ``None`` uses ``split`` when present (CelebA: the partition file);
+        split_column: the column giving the split (``train`` / ``training``, ``val`` / ``valid`` / ``validation``
+            / ``dev``, ``test`` / ``testing``, or 0 / 1 / 2 as in Waterbirds and CelebA; the same names serve for
+            split folders); ``None`` uses ``split`` when present (CelebA: the partition file);
             ``""`` or ``"none"``: no split column. Without any split information everything is ``train``
             (with a warning).
         image_column: the image path column of a table, or the image column of a Hub / parquet dataset;
