@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import datasets
 import numpy as np
 import pytest
@@ -353,3 +355,409 @@ def test_logged_loss_parts_are_step_means_and_a_non_finite_part_raises(tmp_path)
     trainer._add_loss_parts(penalty=torch.tensor(float("nan")))
     with pytest.raises(ValueError, match="'penalty' became nan"):
         trainer.log({"loss": 0.5})
+
+
+# ---------------------------------------------------------------------------------------- the Trainer's own options
+def vit_model():
+    return models()["vit"]
+
+
+def batch_of(dataset, n=8):
+    return {key: value for key, value in dataset[:n].items()}
+
+
+def test_label_smoothing_is_plain_trainers_loss_under_none_and_adds_the_penalty_under_end(tmp_path):
+    import copy
+
+    from transformers import Trainer, TrainingArguments
+    from transformers.trainer_pt_utils import LabelSmoother
+
+    batch = batch_of(tiny_dataset())
+    vit = vit_model().train()
+    plain = Trainer(model=vit, args=TrainingArguments(output_dir=str(tmp_path / "plain"), use_cpu=True, report_to=[],
+                                                      label_smoothing_factor=0.5))
+    plain_loss = plain.compute_loss(vit, {"pixel_values": batch["pixel_values"], "labels": batch["labels"]})
+    losses = {}
+    for factor in (0.0, 0.5):
+        ours = DebiasTrainer(model=copy.deepcopy(vit), args=arguments(tmp_path / "none", debias="none",
+                                                                      label_smoothing_factor=factor))
+        ours.model.train()
+        losses[factor] = ours.compute_loss(ours.model, batch)
+    assert losses[0.5].item() == pytest.approx(plain_loss.item(), rel=1e-6)
+    assert abs(losses[0.5].item() - losses[0.0].item()) > 1e-3  # the factor is not ignored
+
+    # EnD on a plain timm model (Trainer itself crashes there: timm models have no .config)
+    trainer = DebiasTrainer(model=timm.create_model("simple_convnet", num_classes=3),
+                            args=arguments(tmp_path / "end", label_smoothing_factor=0.5, end_alpha=5.0),
+                            train_dataset=tiny_dataset())
+    trainer.model.train()
+    loss, outputs = trainer.compute_loss(trainer.model, batch, return_outputs=True)
+    penalty = trainer._loss_part_sums["penalty"]
+    smoothed = LabelSmoother(epsilon=0.5)({"logits": outputs["logits"]}, batch["labels"])
+    assert penalty.item() > 1e-4
+    assert loss.item() == pytest.approx((smoothed + penalty).item(), rel=1e-6)
+    trainer.train()  # and a few steps run
+    assert trainer.state.global_step == 4
+
+
+def sum_cross_entropy(outputs, labels, num_items_in_batch=None):
+    """A compute_loss_func normalised by the whole accumulated batch, as Trainer's convention wants."""
+    total = torch.nn.functional.cross_entropy(outputs.logits.float(), labels, reduction="sum")
+    return total / num_items_in_batch if num_items_in_batch is not None else total / len(labels)
+
+
+def test_compute_loss_func_replaces_the_cross_entropy_and_the_penalty_is_added_scaled_for_accumulation(tmp_path):
+    batch = batch_of(tiny_dataset())
+    calls = []
+
+    def doubled(outputs, labels, num_items_in_batch=None):
+        calls.append((outputs.logits.shape, labels.dtype, num_items_in_batch))
+        return 2.0 * torch.nn.functional.cross_entropy(outputs.logits.float(), labels)
+
+    trainer = DebiasTrainer(model=timm.create_model("simple_convnet", num_classes=3),
+                            args=arguments(tmp_path, end_alpha=5.0), compute_loss_func=sum_cross_entropy)
+    assert trainer.loss_is_scaled_for_ga is True  # Trainer's rule for compute_loss_func
+    trainer.model.train()
+    trainer.current_gradient_accumulation_steps = 2
+    loss, outputs = trainer.compute_loss(trainer.model, batch, return_outputs=True, num_items_in_batch=16)
+    penalty = trainer._loss_part_sums["penalty"]
+    custom = torch.nn.functional.cross_entropy(outputs["logits"].float(), batch["labels"], reduction="sum") / 16
+    assert penalty.item() > 1e-4
+    # the custom loss is already normalised over the accumulated batch; the per-batch penalty is divided here
+    assert loss.item() == pytest.approx((custom + penalty / 2).item(), rel=1e-6)
+
+    trainer = DebiasTrainer(model=timm.create_model("simple_convnet", num_classes=3),
+                            args=arguments(tmp_path, debias="none"), compute_loss_func=doubled)
+    trainer.model.train()
+    loss, outputs = trainer.compute_loss(trainer.model, batch, return_outputs=True)
+    assert calls == [(torch.Size([8, 3]), torch.int64, None)]
+    ce = torch.nn.functional.cross_entropy(outputs["logits"].float(), batch["labels"])
+    assert loss.item() == pytest.approx(2 * ce.item(), rel=1e-6)
+
+
+def test_compute_loss_func_is_equivalent_under_gradient_accumulation(tmp_path):
+    weights = {}
+    for batch_size, accumulation in ((8, 1), (4, 2)):
+        torch.manual_seed(0)
+        args = arguments(tmp_path, debias="none", per_device_train_batch_size=batch_size,
+                         gradient_accumulation_steps=accumulation, max_steps=2, optim="sgd", learning_rate=0.1)
+        trainer = DebiasTrainer(model=vit_model(), args=args, train_dataset=tiny_dataset(n=16),
+                                compute_loss_func=sum_cross_entropy)
+        trainer.train()
+        weights[batch_size] = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+    for key, value in weights[8].items():
+        torch.testing.assert_close(weights[4][key], value, atol=1e-5, rtol=1e-4)
+
+
+def test_model_init_gives_every_trial_the_penalty_with_that_trials_alpha(tmp_path, monkeypatch, caplog):
+    """What hyperparameter_search does with optuna (not installed here): train(trial=...) per trial, with
+    Trainer's hp_space reading the trial's parameters."""
+    import logging
+    from types import SimpleNamespace
+
+    import transformers.integrations
+    from transformers.trainer_utils import HPSearchBackend
+
+    monkeypatch.setattr(transformers.integrations, "hp_params", lambda trial: trial.params)
+    built = []
+
+    def model_init():
+        torch.manual_seed(0)
+        built.append(timm.create_model("simple_convnet", num_classes=3))
+        return built[-1]
+
+    trainer = DebiasTrainer(model_init=model_init, args=arguments(tmp_path, max_steps=2, logging_steps=1),
+                            train_dataset=tiny_dataset())
+    assert isinstance(trainer.model, DebiasModel) and trainer.model.debias_config.alpha == 1.0
+    trainer.hp_search_backend = HPSearchBackend.OPTUNA
+    trainer.hp_space = lambda trial: trial.params
+    penalties = {}
+    with caplog.at_level(logging.INFO, logger="hf_debias.trainer"):
+        for number, alpha in enumerate((0.0, 50.0)):
+            caplog.clear()
+            trainer.train(trial=SimpleNamespace(number=number, params={"end_alpha": alpha, "end_beta": 0.0}))
+            assert isinstance(trainer.model, DebiasModel) and trainer.model.model is built[-1]
+            assert (trainer.model.debias_config.alpha, trainer.model.debias_config.beta) == (alpha, 0.0)
+            penalties[alpha] = [entry["penalty"] for entry in trainer.state.log_history if "penalty" in entry]
+            attached = [r.getMessage() for r in caplog.records if "attached correction" in r.getMessage()]
+            assert len(attached) == 1 and "end" in attached[0] and f'"alpha": {alpha}' in attached[0]
+    assert len(penalties[0.0]) == 2 and penalties[0.0] == [0.0, 0.0]
+    assert all(value > 0 for value in penalties[50.0])
+    # a trial that sets an option of another method is refused, not ignored
+    with pytest.raises(ValueError, match=r"--debias end does not use --rrclarc_lamb 5\.0"):
+        trainer.train(trial=SimpleNamespace(number=2, params={"rrclarc_lamb": 5.0}))
+
+
+def test_vanilla_baseline_trains_a_plain_timm_model_with_default_arguments(tmp_path):
+    data = tiny_dataset(n=16).add_column("note", ["not a tensor"] * 16)  # a column the model must not receive
+    torch.manual_seed(0)
+    model = timm.create_model("resnet18", pretrained=False, num_classes=3)
+    before = model.fc.weight.detach().clone()
+    args = DebiasTrainingArguments(output_dir=str(tmp_path), debias="none", max_steps=2,
+                                   per_device_train_batch_size=8, report_to=[], use_cpu=True, disable_tqdm=True)
+    assert args.remove_unused_columns  # the default
+    trainer = DebiasTrainer(model=model, args=args, train_dataset=data, eval_dataset=tiny_dataset(n=8, seed=1))
+    trainer.train()
+    assert trainer.state.global_step == 2 and not torch.equal(model.fc.weight, before)
+    metrics = trainer.evaluate()
+    assert np.isfinite(metrics["eval_loss"]) and 0.0 <= metrics["eval_worst_group_accuracy"] <= 1.0
+
+
+@pytest.mark.parametrize("kwargs", [{"debias": "end", "cav": "x"}, {"debias": "none", "end_alpha": 50.0},
+                                    {"debias": "none", "debias_layer": "stages.2"},
+                                    {"debias": "rrclarc", "cav": "x", "end_beta": 2.0},
+                                    {"debias": "pclarc", "cav": "x", "rrclarc_lamb": 3.0}])
+def test_options_of_a_method_that_is_not_selected_are_an_error(tmp_path, kwargs):
+    (option, value), = [(key, value) for key, value in kwargs.items() if key not in ("debias", "cav")] or [
+        ("cav", "x")]
+    with pytest.raises(ValueError, match=rf"--debias {kwargs['debias']} does not use --{option} {value!r}"):
+        DebiasTrainingArguments(output_dir=str(tmp_path), use_cpu=True, **kwargs)
+
+
+def test_options_of_another_method_are_an_error_on_the_command_line_too(capsys):
+    parser = HfArgumentParser(DebiasTrainingArguments)
+    with pytest.raises(ValueError, match=r"--debias end does not use --cav 'org/cav' \(an option of aclarc, "
+                                         r"pclarc, rrclarc\); --rrclarc_lamb 2\.0 \(an option of rrclarc\)"):
+        parser.parse_args_into_dataclasses(["--output_dir", "out", "--use_cpu", "true", "--debias", "end",
+                                            "--cav", "org/cav", "--rrclarc_lamb", "2"])
+    (args,) = parser.parse_args_into_dataclasses(["--output_dir", "out", "--use_cpu", "true", "--debias", "rrclarc",
+                                                  "--cav", "org/cav", "--freeze", "none"])
+    assert args.debias_config().freeze == "none"
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    ("{not json", "is not readable JSON"),
+    ("[0.5]", "must be a non-empty JSON object of metrics"),
+    ("{}", "must be a non-empty JSON object"),
+    ('{"eval_accuracy": "high"}', "field 'eval_accuracy' must be a number, got \"high\""),
+    ('{"eval": {"accuracy": null}}', "field 'eval.accuracy' must be a number, got null"),
+    ('{"eval": {"accuracy": 0.5}, "eval_loss": 1.0}', "mixes splits"),
+])
+def test_baseline_results_are_fully_checked_before_training(tmp_path, content, message):
+    file = tmp_path / "baseline.json"
+    file.write_text(content)
+    with pytest.raises(ValueError, match=rf"baseline_results '{file}'.*{message}"):
+        arguments(tmp_path, baseline_results=str(file))
+
+
+def test_model_card_texts_are_checked_before_training(tmp_path):
+    with pytest.raises(ValueError, match="--bias_description must be one non-empty line"):
+        arguments(tmp_path, bias_description="colour\n# injected heading")
+    with pytest.raises(ValueError, match="--card_dataset must be one non-empty line"):
+        arguments(tmp_path, card_dataset="  ")
+
+
+# ---------------------------------------------------------------------------------------------- resuming
+def _run_with_checkpoint(output_dir, **overrides):
+    args = arguments(output_dir, max_steps=2, save_strategy="steps", save_steps=2, **overrides)
+    trainer = DebiasTrainer(model=timm.create_model("simple_convnet", num_classes=3), args=args,
+                            train_dataset=tiny_dataset())
+    trainer.train()
+    return output_dir / "checkpoint-2"
+
+
+def test_resume_with_other_debias_options_is_an_error_naming_the_fields(tmp_path, caplog):
+    import logging
+
+    checkpoint = _run_with_checkpoint(tmp_path / "first")
+
+    def resume(**overrides):
+        args = arguments(tmp_path / "second", max_steps=3, save_strategy="no", **overrides)
+        trainer = DebiasTrainer(model=timm.create_model("simple_convnet", num_classes=3), args=args,
+                                train_dataset=tiny_dataset())
+        trainer.train(resume_from_checkpoint=str(checkpoint))
+        return trainer
+
+    with pytest.raises(ValueError, match=r"differs from this run's debias options: alpha: checkpoint 1\.0, this "
+                                         r"run 50\.0\. .*--allow_debias_config_change"):
+        resume(end_alpha=50.0)
+    with pytest.raises(ValueError, match=r"beta: checkpoint 1\.0, this run 2\.0; pairing: checkpoint 'all', "
+                                         r"this run 'reference'"):
+        resume(end_beta=2.0, end_pairing="reference")
+    with pytest.raises(ValueError, match=r"method: checkpoint end, this run none"):
+        resume(debias="none")
+    with caplog.at_level(logging.WARNING, logger="hf_debias.trainer"):
+        trainer = resume(end_alpha=50.0, allow_debias_config_change=True)
+    assert trainer.state.global_step == 3 and trainer.model.debias_config.alpha == 50.0
+    assert any("alpha: checkpoint 1.0, this run 50.0" in r.getMessage() and "allowed" in r.getMessage()
+               for r in caplog.records)
+    resume()  # the same options resume, as before
+
+    # a checkpoint without its debias_config.json, resumed by a run with a correction
+    (checkpoint / "debias_config.json").unlink()
+    with pytest.raises(ValueError, match=r"method: checkpoint none \(no debias_config\.json\), this run end"):
+        resume()
+
+
+def test_resume_compares_the_cav_by_content_and_ignores_record_only_fields(tmp_path):
+    from hf_debias import CAV, RRClArCConfig
+    from hf_debias.trainer import debias_config_differences
+
+    cav = CAV(vector=torch.tensor([1.0, 2.0, 3.0]), layer="stages.2", concept="bias")
+    cav.save_pretrained(tmp_path / "a")
+    cav.save_pretrained(tmp_path / "b")
+    saved = RRClArCConfig(cav=str(tmp_path / "a"), lamb=10.0, base_model_name_or_path="/somewhere/model",
+                          hf_debias_version="0.0.1")
+    same = RRClArCConfig(cav=str(tmp_path / "b"), lamb=10.0)
+    assert debias_config_differences(saved, same) == []
+    CAV(vector=torch.tensor([1.0, 2.0, 4.0]), layer="stages.2", concept="bias").save_pretrained(tmp_path / "c")
+    other = RRClArCConfig(cav=str(tmp_path / "c"), lamb=100.0)
+    differences = debias_config_differences(RRClArCConfig(cav=str(tmp_path / "a"), lamb=10.0), other)
+    assert differences[0] == "lamb: checkpoint 10.0, this run 100.0"
+    assert differences[1].startswith("cav: the checkpoint's CAV and this run's") and "differ in vector" in differences[1]
+
+
+# ---------------------------------------------------------------------------------------------- labels
+def test_labels_of_any_integer_dtype_become_int64_before_the_loss(tmp_path):
+    dtype = {"current": torch.int32}
+
+    def collate(rows):  # a collator of one's own keeps the dtype (datasets' torch format gives int64)
+        batch = torch.utils.data.default_collate(rows)
+        return {**batch, "labels": batch["labels"].to(dtype["current"]),
+                "bias_labels": batch["bias_labels"].to(dtype["current"])}
+
+    data = tiny_dataset().cast_column("labels", datasets.Value("int32")).cast_column(
+        "bias_labels", datasets.Value("uint8")).with_format("torch")
+    torch.manual_seed(0)
+    trainer = DebiasTrainer(model=timm.create_model("simple_convnet", num_classes=3),
+                            args=arguments(tmp_path, max_steps=1), train_dataset=data, data_collator=collate)
+    rows = [data[i] for i in range(8)]
+    trainer.model.train()
+    reference = trainer.compute_loss(trainer.model, {**collate(rows), **{
+        key: value.long() for key, value in collate(rows).items() if key != "pixel_values"}}).item()
+    for current in (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8):
+        dtype["current"] = current
+        raw = collate(rows)
+        assert raw["labels"].dtype == current and raw["bias_labels"].dtype == current
+        inputs = trainer._prepare_inputs(raw)
+        assert inputs["labels"].dtype == torch.int64 and inputs["bias_labels"].dtype == torch.int64
+        assert trainer.compute_loss(trainer.model, raw).item() == pytest.approx(reference, rel=1e-6)
+        out = trainer.model(raw["pixel_values"], labels=raw["labels"], bias_labels=raw["bias_labels"])
+        assert out.loss.item() == pytest.approx(reference, rel=1e-6)
+    dtype["current"] = torch.int32
+    trainer.train()  # int32 labels once failed inside F.cross_entropy
+    assert trainer.state.global_step == 1 and np.isfinite(trainer.state.log_history[-1]["train_loss"])
+
+
+class TestNoSilentResults:
+    """Cases that once gave a wrong or missing result without an error (referenced by the adversarial suite)."""
+
+    def test_float_or_bool_label_columns_are_an_error_naming_the_column(self, tmp_path):
+        floats = tiny_dataset().cast_column("labels", datasets.Value("float32"))
+        with pytest.raises(ValueError, match=r"training dataset's column 'labels' has dtype float32"):
+            DebiasTrainer(model=timm.create_model("simple_convnet", num_classes=3), args=arguments(tmp_path),
+                          train_dataset=floats)
+        bools = tiny_dataset().rename_column("bias_labels", "gender").cast_column("gender", datasets.Value("bool"))
+        with pytest.raises(ValueError, match=r"evaluation dataset's column 'gender' has dtype bool"):
+            DebiasTrainer(model=timm.create_model("simple_convnet", num_classes=3),
+                          args=arguments(tmp_path, debias="none", bias_label_column="gender"), eval_dataset=bools)
+        trainer = DebiasTrainer(model=timm.create_model("simple_convnet", num_classes=3), args=arguments(tmp_path))
+        batch = batch_of(tiny_dataset())
+        with pytest.raises(ValueError, match=r"The column 'bias_labels' must hold integer class ids, got dtype "
+                                             r"torch\.float32"):
+            trainer._prepare_inputs({**batch, "bias_labels": batch["bias_labels"].float()})
+        with pytest.raises(ValueError, match=r"The column 'labels' must hold integer class ids, got dtype torch\.bool"):
+            trainer.compute_loss(trainer.model, {**batch, "labels": batch["labels"] > 0})
+
+    def test_an_empty_batch_is_a_clear_error(self, tmp_path):
+        trainer = DebiasTrainer(model=timm.create_model("simple_convnet", num_classes=3), args=arguments(tmp_path))
+        empty = {key: value[:0] for key, value in batch_of(tiny_dataset()).items()}
+        trainer.model.train()
+        for call in (lambda: trainer._prepare_inputs(dict(empty)), lambda: trainer.compute_loss(trainer.model, empty),
+                     lambda: trainer.model(empty["pixel_values"], labels=empty["labels"],
+                                           bias_labels=empty["bias_labels"])):
+            with pytest.raises(ValueError, match="The batch is empty: pixel_values has 0 samples"):
+                call()
+
+    def test_evaluation_without_the_bias_column_reports_accuracy_and_loss(self, tmp_path):
+        without = tiny_dataset(seed=1).remove_columns("bias_labels")
+        trainer = DebiasTrainer(model=timm.create_model("simple_convnet", num_classes=3),
+                                args=arguments(tmp_path, max_steps=1), train_dataset=tiny_dataset(),
+                                eval_dataset={"with": tiny_dataset(seed=1), "without": without})
+        trainer.train()
+        metrics = trainer.evaluate()
+        assert np.isfinite(metrics["eval_without_loss"]) and 0.0 <= metrics["eval_without_accuracy"] <= 1.0
+        assert "eval_without_worst_group_accuracy" not in metrics
+        assert metrics["eval_with_accuracy"] == pytest.approx(metrics["eval_without_accuracy"])  # same images
+        assert metrics["eval_with_loss"] == pytest.approx(metrics["eval_without_loss"], rel=1e-5)
+        assert 0.0 <= metrics["eval_with_worst_group_accuracy"] <= 1.0
+        single = trainer.evaluate(eval_dataset=without)
+        assert {"eval_loss", "eval_accuracy"} <= set(single)
+
+    def test_group_metrics_name_every_group_its_size_and_the_worst_one(self, tmp_path):
+        import json
+
+        from hf_debias.metrics.group import groups_from_metrics
+
+        evaluation = tiny_dataset(seed=1)
+        trainer = DebiasTrainer(model=timm.create_model("simple_convnet", num_classes=3),
+                                args=arguments(tmp_path, max_steps=1), train_dataset=tiny_dataset(),
+                                eval_dataset=evaluation)
+        trainer.train()
+        metrics = trainer.evaluate()
+        trainer.save_metrics("eval", metrics)
+        rows = groups_from_metrics(json.loads((tmp_path / "eval_results.json").read_text()), prefix="eval_")
+        pairs = list(zip(evaluation[:]["labels"].tolist(), evaluation[:]["bias_labels"].tolist()))
+        assert {(row["label"], row["bias"]): row["count"] for row in rows} == {
+            pair: pairs.count(pair) for pair in set(pairs)}
+        assert all(isinstance(row["aligned"], bool) for row in rows)  # aligned groups come from the training set
+        worst = min(rows, key=lambda row: row["accuracy"])
+        assert metrics["eval_worst_group_accuracy"] == worst["accuracy"]
+        assert (metrics["eval_worst_group_label"], metrics["eval_worst_group_bias"], metrics["eval_worst_group_count"]) \
+            == (worst["label"], worst["bias"], worst["count"])
+        card_metrics = trainer.model_card_info().metrics["eval"]
+        assert "group_0_0_accuracy" in card_metrics or "group_0_1_accuracy" in card_metrics
+        assert not any(key.endswith(("_count", "_aligned", "_label", "_bias")) for key in card_metrics)
+
+    def test_a_small_penalty_is_logged_at_full_precision(self, tmp_path):
+        trainer = DebiasTrainer(model=models()["timm"], args=arguments(tmp_path), train_dataset=tiny_dataset())
+        trainer._add_loss_parts(penalty=torch.tensor(3.25e-9, dtype=torch.float64))
+        trainer.log({"loss": 0.5})
+        assert trainer.state.log_history[-1]["penalty"] == pytest.approx(3.25e-9, rel=1e-6)
+
+    def test_the_default_search_objective_ignores_group_ids_and_sizes(self):
+        from transformers.trainer_utils import default_compute_objective
+
+        from hf_debias.trainer import _default_objective
+
+        metrics = {"eval_loss": 0.7, "eval_accuracy": 0.5, "eval_worst_group_accuracy": 0.25,
+                   "eval_worst_group_label": 2, "eval_worst_group_bias": 1, "eval_worst_group_count": 40,
+                   "eval_group_2_1_accuracy": 0.25, "eval_group_2_1_count": 40, "eval_group_2_1_aligned": False}
+        assert _default_objective(dict(metrics)) == pytest.approx(default_compute_objective(
+            {"eval_loss": 0.7, "eval_accuracy": 0.5, "eval_worst_group_accuracy": 0.25}))
+
+
+class TestSecrets:
+    """The Hub token never appears in the arguments' repr / str, saved JSON, logs or error messages."""
+
+    TOKEN = "hf_SECRETtoken0123456789abcdef"
+
+    def test_repr_and_str_of_the_arguments_redact_the_token(self, tmp_path):
+        args = arguments(tmp_path, hub_token=self.TOKEN)
+        for text in (repr(args), str(args), args.to_json_string(), json.dumps(args.to_dict())):
+            assert self.TOKEN not in text
+        assert "<HUB_TOKEN>" in repr(args) and "end_alpha=1.0" in repr(args)  # our own fields are shown too
+
+    def test_training_logs_checkpoints_and_errors_never_contain_the_token(self, tmp_path, caplog, capsys):
+        import logging
+
+        args = arguments(tmp_path / "run", hub_token=self.TOKEN, max_steps=2, save_strategy="steps", save_steps=2,
+                         logging_steps=1)
+        with caplog.at_level(logging.DEBUG):
+            logging.getLogger("hf_debias").debug("arguments: %s", args)
+            trainer = DebiasTrainer(model=models()["timm"], args=args, train_dataset=tiny_dataset())
+            trainer.train()
+            with pytest.raises(ValueError) as resume_error:
+                DebiasTrainer(model=models()["timm"],
+                              args=arguments(tmp_path / "run", hub_token=self.TOKEN, end_alpha=3.0, max_steps=3),
+                              train_dataset=tiny_dataset()).train(
+                    resume_from_checkpoint=str(tmp_path / "run" / "checkpoint-2"))
+            with pytest.raises(ValueError) as options_error:
+                arguments(tmp_path, hub_token=self.TOKEN, cav="x")
+        captured = capsys.readouterr()
+        assert self.TOKEN not in caplog.text + captured.out + captured.err
+        assert self.TOKEN not in str(resume_error.value) + str(options_error.value)
+        files = [path for path in (tmp_path / "run").rglob("*") if path.is_file()]
+        assert any(path.name == "training_args.json" for path in files)
+        for path in files:
+            assert self.TOKEN.encode() not in path.read_bytes(), path
