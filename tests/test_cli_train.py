@@ -219,3 +219,20 @@ def test_write_report_panels_write_null_for_nan_and_one_chart(tmp_path):
     assert data["train_samples"] == 3 and png_path.read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(ValueError, match="exactly one of rows and panels"):
         write_report(tmp_path, title="t")
+
+
+def test_help_lists_model_data_and_debias_options_before_the_trainers_with_defaults():
+    from hf_debias.cli.train import build_parser
+
+    text = build_parser().format_help()
+    positions = [text.index(f"\n{title}:\n") for title in ("model", "data", "debias (hf_debias)",
+                                                          "training (transformers TrainingArguments)")]
+    assert positions == sorted(positions)
+    assert positions[0] < text.index("--bias_csv") < positions[2] < text.index("--end_alpha") < positions[3] \
+        < text.index("--learning_rate")
+    assert "(default: colour-digits)" in text and text.index("usage:") == 0 and len(text.splitlines()[0]) < 200
+    model_args, data_args, training_args = build_parser().parse_args_into_dataclasses(
+        ["--model-name-or-path", "resnet18", "--label_column", "y", "--no-augment", "--image-size", "64",
+         "--output_dir", "out", "--bias-label-column", "place"])
+    assert (model_args.model_name_or_path, data_args.label_column, data_args.augment, data_args.image_size,
+            training_args.bias_label_column) == ("resnet18", "y", False, 64, "place")

@@ -33,6 +33,9 @@ BUILT_IN_EVAL = {COLOUR_DIGITS: ["test_unbiased"], CONTROLLED_ARTIFACT: ["test_c
 BIAS_COLUMN = "bias_labels"
 """The column the bias ends up in, whatever the source calls it (``--bias_label_column`` names the source)."""
 
+USAGE = ("%(prog)s [--model_name_or_path MODEL] [--dataset DATA] [--label_column COLUMN] "
+         "[--bias_label_column COLUMN] [--debias METHOD] --output_dir OUT [other options below]")
+
 logger = logging.getLogger("hf_debias")
 
 
@@ -342,14 +345,40 @@ def run(args: argparse.Namespace) -> int:
     return main(arguments)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    from transformers import HfArgumentParser
+def build_parser():
+    """``HfArgumentParser`` over the model, data and training arguments, with ``--help`` in the order a user
+    reads it: model, data, debias options, then the Trainer's own."""
+    import dataclasses
+
+    from transformers import HfArgumentParser, TrainingArguments
 
     from ..trainer import DebiasTrainingArguments
 
+    class Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+        """Defaults shown, the description's lines kept."""
+
     parser = HfArgumentParser((ModelArguments, DataArguments, DebiasTrainingArguments), prog="hf-debias train",
-                              description=__doc__)
-    model_args, data_args, training_args = parser.parse_args_into_dataclasses(
+                              description=__doc__.replace("``", ""), formatter_class=Formatter, usage=USAGE)
+    ours = {f.name for f in dataclasses.fields(DebiasTrainingArguments)} - {
+        f.name for f in dataclasses.fields(TrainingArguments)}
+    groups = {title: parser.add_argument_group(title) for title in (
+        "model", "data", "debias (hf_debias)", "training (transformers TrainingArguments)")}
+    model_fields = {f.name for f in dataclasses.fields(ModelArguments)}
+    data_fields = {f.name for f in dataclasses.fields(DataArguments)} | {"no_augment"}
+    options = parser._optionals
+    for action in list(options._group_actions):
+        if action.dest == "help":
+            continue
+        title = ("model" if action.dest in model_fields else "data" if action.dest in data_fields else
+                 "debias (hf_debias)" if action.dest in ours or action.dest.removeprefix("no_") in ours else
+                 "training (transformers TrainingArguments)")
+        options._group_actions.remove(action)
+        groups[title]._group_actions.append(action)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    model_args, data_args, training_args = build_parser().parse_args_into_dataclasses(
         args=list(argv) if argv is not None else sys.argv[1:])
     handler = logging.StreamHandler(sys.stderr)  # hf_debias's info lines (weights, eval split) on the terminal
     handler.setFormatter(logging.Formatter("hf-debias: %(message)s"))
