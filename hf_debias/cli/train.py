@@ -199,8 +199,8 @@ def build_model_and_transforms(model_args: ModelArguments, data_args: DataArgume
         except OSError as err:
             raise ValueError(f"{model_args.model_name_or_path!r} has no image processor (preprocessor_config.json), "
                              f"so hf_debias cannot tell how to prepare its images: {err}") from err
-        if data_args.image_size is not None:
-            _resize_processor(processor, data_args.image_size)
+        if data_args.image_size is not None and getattr(model, "timm_model", None) is None:
+            _resize_processor(processor, data_args.image_size)  # a TimmWrapper's comes from timm's data config
     train_transform, eval_transform = train_eval_transforms(
         model, model_args.model_name_or_path, augment=data_args.augment, image_size=data_args.image_size,
         processor=processor)
