@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,8 +14,9 @@ import huggingface_hub
 from huggingface_hub import constants
 
 
-def publish(cache: Path, folder: Path | dict[str, bytes], repo_id: str) -> Path:
-    """Make ``folder`` (or ``{path_in_repo: bytes}``) the ``main`` revision of ``repo_id`` in the cache."""
+def publish(cache: Path, folder: Path | dict[str, bytes], repo_id: str, *, blobs: bool = False) -> Path:
+    """Make ``folder`` (or ``{path_in_repo: bytes}``) the ``main`` revision of ``repo_id`` in the cache; with
+    ``blobs``, in huggingface_hub's own layout (each snapshot file a symlink into ``blobs/``)."""
     files = folder if isinstance(folder, dict) else {
         path.relative_to(folder).as_posix(): path.read_bytes() for path in Path(folder).rglob("*") if path.is_file()}
     commit = hashlib.sha1(repr(sorted((k, len(v)) for k, v in files.items())).encode() + repo_id.encode()).hexdigest()
@@ -25,7 +27,13 @@ def publish(cache: Path, folder: Path | dict[str, bytes], repo_id: str) -> Path:
     for name, content in files.items():
         target = snapshot / name
         target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(content)
+        if blobs:
+            blob = repo / "blobs" / hashlib.sha256(content).hexdigest()
+            blob.parent.mkdir(parents=True, exist_ok=True)
+            blob.write_bytes(content)
+            target.symlink_to(Path(os.path.relpath(blob, target.parent)))
+        else:
+            target.write_bytes(content)
     (repo / "refs").mkdir(parents=True, exist_ok=True)
     (repo / "refs" / "main").write_text(commit)
     return snapshot

@@ -496,6 +496,19 @@ class TestBadInput:
         with pytest.raises(ValueError, match="label_names'] has 1 names but the classifier has 3 classes"):
             hf_debias.hub.save_model(model, tmp_path / "b")
 
+    def test_saving_into_the_working_directory_keeps_the_staging_folder_outside_it(self, tmp_path, monkeypatch):
+        here = tmp_path / "here"
+        here.mkdir()
+        (here / "mine.txt").write_text("mine")
+        monkeypatch.chdir(here)
+        model = corrected("guarded")
+        model.save_pretrained(".")
+        model.save_pretrained("sub/..")  # the same folder again, spelled otherwise
+        assert sorted(p.name for p in here.iterdir()) == ["README.md", "config.json", "debias_config.json",
+                                                         "mine.txt", "model.safetensors"]
+        assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no staging left behind
+        torch.testing.assert_close(logits(load_model(".")), logits(model), rtol=0, atol=1e-6)
+
     def test_cav_repos_refuse_nested_subfolders_and_cards_list_them(self, tmp_path, cache):
         hub = FakeHub(cache)
         with hub.patch():

@@ -81,6 +81,17 @@ def test_unchanged_forward_loads_by_name_in_timm_transformers_and_hf_debias(tmp_
         torch.testing.assert_close(logits(loaded), expected, rtol=0, atol=1e-6)
 
 
+def test_a_hub_cache_whose_files_link_into_blobs_loads(tmp_path, cache):
+    """huggingface_hub's real cache layout: snapshot files are symlinks into the repo's blobs/ (inside the lines)."""
+    config = RRClArCConfig(cav=random_cav(48, "layer2"), lamb=10.0, freeze="none")
+    _, expected = saved(timm_model(), config, tmp_path / "saved")
+    snapshot = publish(cache, tmp_path / "saved", "org/blobs", blobs=True)
+    assert (snapshot / "cav" / "cav.safetensors").is_symlink()
+    loaded = load_model("org/blobs")
+    torch.testing.assert_close(logits(loaded), expected, rtol=0, atol=1e-6)
+    assert torch.equal(loaded.method.cav.vector, config.cav.vector)
+
+
 def test_transformers_model_keeps_its_own_layout(tmp_path, cache):
     config = EnDConfig(layer="vit.layers.1", normalize_forward=False)
     _, expected = saved(vit_model(), config, tmp_path / "saved")

@@ -65,7 +65,7 @@ def files_under(folder: Path) -> list[str]:
 def staging_folder(target: str | os.PathLike) -> Iterator[Path]:
     """A fresh, empty temporary sibling of ``target`` (same file system, so moves are renames); removed afterwards
     whatever happens. The parent of ``target`` is created if needed."""
-    target = Path(target)
+    target = Path(os.path.abspath(target))  # "." or "a/..": the sibling must be outside the folder
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.hf_debias-", dir=target.parent))
     try:
@@ -90,7 +90,7 @@ def install(staging: Path, target: str | os.PathLike, *, owned: Sequence[str], b
         last: new files moved at the end, in this order (a file that is also the barrier and identical to it
             stays as the barrier wrote it).
     """
-    target = Path(target)
+    target = Path(os.path.abspath(target))
     if target.is_symlink():
         raise ValueError(f"{str(target)!r} is a symlink; save into a real folder.")
     if not target.exists() or (target.is_dir() and not any(target.iterdir())):

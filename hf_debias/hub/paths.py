@@ -35,11 +35,13 @@ def check_subfolder(name: object, what: str = "subfolder", *, allow_root: bool =
 
 
 def _roots(root: Path) -> list[Path]:
-    """``root`` resolved, plus the repo's ``blobs/`` when ``root`` is a Hub cache snapshot (its files link there)."""
-    resolved = root.resolve()
-    roots = [resolved]
-    if root.parent.name == "snapshots" and (root.parent.parent / "blobs").is_dir():
-        roots.append((root.parent.parent / "blobs").resolve())
+    """``root`` resolved, plus the repo's ``blobs/`` when ``root`` is (in) a Hub cache snapshot: huggingface_hub
+    stores a snapshot's files as symlinks into them."""
+    roots = [root.resolve()]
+    for folder in (root, *root.parents):
+        if folder.parent.name == "snapshots" and (folder.parent.parent / "blobs").is_dir():
+            roots.append((folder.parent.parent / "blobs").resolve())
+            break
     return roots
 
 
