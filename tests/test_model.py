@@ -114,7 +114,17 @@ def test_unload_removes_every_hook_and_returns_the_plain_model():
 
 
 def test_normalize_forward_is_the_default():
-    assert EnDConfig().normalize_forward is True
+    # None: "train" where that is exact, else "always" (helper F's portable EnD); either way the training
+    # forward feeds the classifier unit-norm features
+    assert EnDConfig().normalize_forward is None
+    model = tiny_resnet()
+    wrapped = get_debias_model(model, EnDConfig()).train()
+    captured = {}
+    handle = model.fc.register_forward_pre_hook(lambda m, args: captured.setdefault("features", args[0]))
+    x, y, b = batch()
+    wrapped(x, labels=y, bias_labels=b)
+    handle.remove()
+    torch.testing.assert_close(captured["features"].norm(dim=1), torch.ones(len(x)))
 
 
 def test_attributes_fall_through_to_the_wrapped_model():
@@ -193,3 +203,33 @@ def test_wrapping_twice_or_wrapping_a_non_module_fails():
         get_debias_model("resnet18", EnDConfig())
     with pytest.raises(ValueError, match="DebiasConfig"):
         get_debias_model(tiny_resnet(), {"alpha": 1})
+
+
+def test_labels_of_any_integer_dtype_give_the_int64_loss():
+    x, y, b = batch()
+    wrapped = get_debias_model(tiny_resnet(), EnDConfig(alpha=0.5, beta=2.0)).train()
+    reference = wrapped(x, labels=y, bias_labels=b).loss.item()
+    for dtype in (torch.int8, torch.int16, torch.int32, torch.uint8):
+        out = wrapped(x, labels=y.to(dtype), bias_labels=b.to(dtype))
+        assert out.loss.item() == pytest.approx(reference, rel=1e-6), dtype
+    with pytest.raises(ValueError, match="bias_labels must hold integer class ids .* got dtype torch.bool"):
+        wrapped(x, labels=y, bias_labels=b > 0)
+
+
+def test_an_empty_batch_is_a_clear_error():
+    x, y, b = batch()
+    wrapped = get_debias_model(tiny_resnet(), EnDConfig()).train()
+    with pytest.raises(ValueError, match="The batch is empty: pixel_values has 0 samples"):
+        wrapped(x[:0], labels=y[:0], bias_labels=b[:0])
+
+
+def test_the_penalty_is_differentiable_so_a_loss_of_ones_own_can_replace_the_cross_entropy():
+    x, y, b = batch()
+    grads = []
+    for combine in (lambda out: out.loss, lambda out: F.cross_entropy(out.logits, y) + out.penalty):
+        model = tiny_resnet()
+        out = get_debias_model(model, EnDConfig(alpha=0.5, beta=2.0)).train()(x, labels=y, bias_labels=b)
+        combine(out).backward()
+        grads.append(model.conv1.weight.grad.clone())  # the stem: before the bottleneck
+    assert grads[0].abs().sum() > 0
+    torch.testing.assert_close(grads[1], grads[0])
