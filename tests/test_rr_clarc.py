@@ -339,3 +339,61 @@ def test_the_input_dependence_measure_on_affine_and_relu_tails():
     assert latent_gradient_depends_on_input(relu, a) is True
     assert latent_gradient_depends_on_input(head(a[:1].mean(dim=(2, 3))), a[:1]) is None  # one image
     assert latent_gradient_depends_on_input(head(a.mean(dim=(2, 3))) * 0, a) is None  # zero gradient
+
+
+# --------------------------------------------------------------------------- TCAV: ours and the authors'
+def test_tcav_pooled_and_per_position_sensitivity_match_their_definitions():
+    import evaluate
+    import numpy as np
+
+    from hf_debias.metrics import TCAV_MODULE, directional_derivatives, tcav
+
+    torch.manual_seed(0)  # residual branches not zero-initialised, so per-position derivatives differ in sign
+    model = timm.create_model("test_resnet", pretrained=False, num_classes=3, zero_init_last=False).eval()
+    cav = random_cav(48, layer="layer2")
+    images = torch.randn(6, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    # The authors' measure_tcav.py, one image at a time: g = d logit_c / d a at the layer, s = sum_c g_c h_c per
+    # position; sensitivity = mean |s| over images and positions, mean_tcav_quotient = share of positive mean_p s.
+    acts = {}
+    handle = model.layer2.register_forward_hook(lambda module, args, out: acts.__setitem__("a", out))
+    per_position, pooled_positive = [], 0
+    for image in images:
+        logit = model(image[None])[:, 1]
+        (grad,) = torch.autograd.grad(logit.sum(), acts["a"])
+        s = (grad * cav.vector[None, :, None, None]).sum(1)  # [1, H, W]
+        per_position.append(s.abs().flatten())
+        pooled_positive += int(s.mean((1, 2)).item() > 0)
+    handle.remove()
+    authors_sensitivity = torch.cat(per_position).mean().item()
+
+    pooled = directional_derivatives(model, "layer2", cav, images, target_class=1, batch_size=1)
+    positions = directional_derivatives(model, "layer2", cav, images, target_class=1, batch_size=1,
+                                        per_position=True)  # one image at a time, as the authors
+    assert pooled.shape == (6,) and positions.shape == (6, 16)  # layer2 of a 32x32 input is 4x4
+    assert torch.allclose(positions.mean(dim=1), pooled, atol=1e-7)
+    result = tcav(positions)
+    assert set(result) == {"tcav_score", "tcav_pooled_sensitivity", "tcav_position_sensitivity"}
+    assert result["tcav_position_sensitivity"] == pytest.approx(authors_sensitivity, rel=1e-5)
+    assert result["tcav_score"] == pytest.approx(pooled_positive / 6)
+    assert result["tcav_pooled_sensitivity"] == pytest.approx(pooled.abs().mean().item(), rel=1e-5)
+    assert result["tcav_position_sensitivity"] > result["tcav_pooled_sensitivity"]  # signs cancel in the mean
+    assert tcav(pooled) == {key: pytest.approx(result[key], rel=1e-6) for key in ("tcav_score",
+                                                                                 "tcav_pooled_sensitivity")}
+    module = evaluate.load(TCAV_MODULE, "per_position").compute(predictions=positions.numpy().tolist())
+    assert module["tcav_position_sensitivity"] == pytest.approx(authors_sensitivity, rel=1e-5)
+    with pytest.raises(ValueError, match=r"shaped \[N\] or \[N, positions\]"):
+        tcav(np.zeros((2, 3, 4)))
+
+
+def test_the_old_tcav_sensitivity_key_still_reads_with_a_future_warning():
+    from hf_debias.metrics import tcav
+
+    result = tcav([0.5, -0.25, 1.0])
+    assert "tcav_sensitivity" not in result and list(result) == ["tcav_score", "tcav_pooled_sensitivity"]
+    with pytest.warns(FutureWarning, match="'tcav_sensitivity'.*now 'tcav_pooled_sensitivity'"):
+        assert result["tcav_sensitivity"] == pytest.approx(1.75 / 3)
+    with pytest.warns(FutureWarning):
+        assert result.get("tcav_sensitivity") == pytest.approx(1.75 / 3)
+    assert result.get("missing", 7) == 7
+    with pytest.raises(KeyError):
+        result["missing"]

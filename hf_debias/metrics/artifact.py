@@ -3,6 +3,8 @@ sensitivity, and CAV alignment."""
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 from torch import nn
@@ -43,18 +45,65 @@ def model_artifact_accuracy(model: nn.Module, clean_images: torch.Tensor, attack
     return artifact_accuracy(predictions, np.concatenate([labels, labels]), flags)
 
 
-def tcav(directional_derivatives) -> dict[str, float]:
-    """TCAV score (share of positive directional derivatives; ≈ 0.5 after a good correction) and TCAV
-    sensitivity (mean absolute directional derivative; lower is better)."""
-    values = np.asarray(directional_derivatives, dtype=np.float64).reshape(-1)
+DEPRECATED_TCAV_KEYS = {"tcav_sensitivity": "tcav_pooled_sensitivity"}
+"""Result keys of ``tcav`` that were renamed: reading the old one still works, with a FutureWarning."""
+
+
+class TCAVResult(dict):
+    """``tcav``'s result: a plain ``dict`` of the current keys; a renamed key (``DEPRECATED_TCAV_KEYS``) is still
+    readable with ``[]`` / ``get`` and warns, but is not stored, so that reports and cards show each value once."""
+
+    def __missing__(self, key: str) -> float:
+        if key in DEPRECATED_TCAV_KEYS:
+            new = DEPRECATED_TCAV_KEYS[key]
+            warnings.warn(f"tcav()[{key!r}] is now {new!r} (the mean |derivative| of the spatially averaged "
+                          "activation); the authors' per-position sensitivity is 'tcav_position_sensitivity'. The old "
+                          "name will be removed.", FutureWarning, stacklevel=2)
+            return self[new]
+        raise KeyError(key)
+
+    def get(self, key, default=None):
+        return self[key] if key in self or key in DEPRECATED_TCAV_KEYS else default
+
+
+def tcav(directional_derivatives) -> TCAVResult:
+    """TCAV score and sensitivities of a class to a concept, from ``directional_derivatives`` of its logit along the
+    CAV on samples that show the concept.
+
+    Args:
+        directional_derivatives: ``[N]``, one derivative per sample along the spatially averaged activation
+            (``directional_derivatives(...)``), or ``[N, P]``, one per sample and position
+            (``directional_derivatives(..., per_position=True)``); a sample's pooled derivative is its row mean.
+
+    Returns:
+        ``tcav_score``: the share of samples whose pooled derivative is positive (≈ 0.5 after a good correction;
+        the authors' ``mean_tcav_quotient``). ``tcav_pooled_sensitivity``: the mean |pooled derivative|, i.e. the
+        sensitivity of the logit to moving every position along the CAV at once (ours; formerly
+        ``tcav_sensitivity``). ``tcav_position_sensitivity`` (``[N, P]`` input only): the mean over samples *and
+        positions* of |g_p · h| (the authors' ``mean_tcav_sensitivity``; on conv maps it is usually several times
+        larger, because per-position derivatives of opposite signs do not cancel). Lower sensitivities are
+        better. Compare a number only with one of the same name.
+    """
+    values = np.asarray(directional_derivatives, dtype=np.float64)
+    if values.ndim == 0 or values.ndim > 2:
+        raise ValueError(f"tcav needs directional derivatives shaped [N] or [N, positions], got {values.shape}.")
     if values.size == 0:
         raise ValueError("tcav needs at least one directional derivative.")
-    return {"tcav_score": float((values > 0).mean()), "tcav_sensitivity": float(np.abs(values).mean())}
+    pooled = values.mean(axis=1) if values.ndim == 2 else values
+    result = TCAVResult(tcav_score=float((pooled > 0).mean()), tcav_pooled_sensitivity=float(np.abs(pooled).mean()))
+    if values.ndim == 2:
+        result["tcav_position_sensitivity"] = float(np.abs(values).mean())
+    return result
 
 
 def directional_derivatives(model: nn.Module, layer: str | None, cav: CAV, images: torch.Tensor, target_class: int,
-                            *, batch_size: int = 256) -> torch.Tensor:
-    """``∇_a f̃_c · h`` per image, with the gradient averaged over positions / tokens as in RR-ClArC's loss.
+                            *, batch_size: int = 256, per_position: bool = False) -> torch.Tensor:
+    """``∇_a f̃_c · h`` on ``images``: ``g = ∇_a f̃_c`` is the gradient of class ``target_class``'s logit with
+    respect to the layer's activation ``a`` and ``h`` the CAV.
+
+    Returns ``[N]``, the derivative along the spatially (token-) averaged gradient, ``(mean_p g_p) · h`` as in
+    RR-ClArC's loss; with ``per_position`` ``[N, P]``, ``g_p · h`` at every position / token ``p`` (the authors'
+    TCAV sensitivity averages its absolute value; the row means are the ``[N]`` values). Feed either to ``tcav``.
 
     ``a`` is the layer's own output, before any correction hooked there, so a P-ClArC projection counts as part
     of ``f̃``."""
@@ -75,9 +124,10 @@ def directional_derivatives(model: nn.Module, layer: str | None, cav: CAV, image
             with torch.enable_grad():
                 logits = logits_of(model(images[start:start + batch_size].to(model_device(model))))
                 (grad,) = torch.autograd.grad(logits[:, target_class].sum(), captured["a"])
-            mean_grad = channels_last(grad).mean(dim=1)
-            cav.check_channels(mean_grad.shape[-1], ref.spec)
-            values.append((mean_grad.float() @ cav.vector.to(mean_grad.device)).cpu())
+            per_position_grad = channels_last(grad).float()  # [N, P, C]
+            cav.check_channels(per_position_grad.shape[-1], ref.spec)
+            derivatives = per_position_grad @ cav.vector.to(per_position_grad.device)  # [N, P]
+            values.append((derivatives if per_position else derivatives.mean(dim=1)).cpu())
     finally:
         hook.remove()
         model.train(was_training)

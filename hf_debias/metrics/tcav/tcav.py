@@ -1,8 +1,10 @@
-"""TCAV: the TCAV score (share of positive directional derivatives along a CAV) and TCAV sensitivity (their mean
+"""TCAV: the TCAV score (share of positive directional derivatives along a CAV) and TCAV sensitivities (their mean
 absolute value), from precomputed directional derivatives ``∇_a f_c · h``.
 
-Load offline with ``evaluate.load(hf_debias.metrics.TCAV_MODULE)``; compute the derivatives with
-``hf_debias.metrics.directional_derivatives(model, layer, cav, images, target_class)``.
+Load offline with ``evaluate.load(hf_debias.metrics.TCAV_MODULE)`` for one derivative per sample (``[N]``, from
+``hf_debias.metrics.directional_derivatives(model, layer, cav, images, target_class)``), or with
+``evaluate.load(hf_debias.metrics.TCAV_MODULE, "per_position")`` for one list per sample (``[N, P]``, from
+``directional_derivatives(..., per_position=True)``), which adds the authors' ``tcav_position_sensitivity``.
 """
 
 import datasets
@@ -10,15 +12,18 @@ import evaluate
 
 from hf_debias.metrics.artifact import tcav
 
-_DESCRIPTION = """TCAV score and sensitivity of a class to a concept: for samples showing the concept, the share of
-positive directional derivatives of the class logit along the concept's CAV (about 0.5 after a good correction)
-and their mean absolute value (lower is better)."""
+_DESCRIPTION = """TCAV score and sensitivities of a class to a concept: for samples showing the concept, the share of
+positive directional derivatives of the class logit along the concept's CAV (about 0.5 after a good correction),
+the mean absolute derivative along the spatially averaged activation (tcav_pooled_sensitivity) and, from
+per-position derivatives, the authors' mean over samples and positions (tcav_position_sensitivity); lower is
+better."""
 
 _KWARGS_DESCRIPTION = """
 Args:
-    predictions (list of float): directional derivatives, one per sample.
+    predictions (list of float, or of lists of float with the "per_position" config): directional derivatives, one
+        per sample (or one per sample and position).
 Returns:
-    tcav_score, tcav_sensitivity.
+    tcav_score, tcav_pooled_sensitivity, and with "per_position" tcav_position_sensitivity.
 Examples:
     >>> metric = evaluate.load(hf_debias.metrics.TCAV_MODULE)
     >>> metric.compute(predictions=[0.5, -0.25, 1.0])["tcav_score"]
@@ -38,7 +43,8 @@ class TCAV(evaluate.Metric):
             description=_DESCRIPTION,
             citation=_CITATION,
             inputs_description=_KWARGS_DESCRIPTION,
-            features=datasets.Features({"predictions": datasets.Value("float64")}),
+            features=datasets.Features({"predictions": datasets.Sequence(datasets.Value("float64"))
+                                        if self.config_name == "per_position" else datasets.Value("float64")}),
         )
 
     def _compute(self, predictions):
