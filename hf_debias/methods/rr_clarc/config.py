@@ -20,7 +20,9 @@ class RRClArCConfig(CAVConfig):
         cav: a ``CAV``, a folder or a Hub repo id (see ``CAVConfig``).
         lamb: the penalty weight λ >= 0 (the paper sweeps 0.05 ... 1e8). 0 trains with cross-entropy only
             under the same freeze policy: the control every corrected model should be compared with.
-        gradient_target: what is differentiated (``GRADIENT_TARGETS``; the paper's default ``random_signs``).
+        gradient_target: what is differentiated (``GRADIENT_TARGETS``; the paper's default ``random_signs``;
+            ``official_logprobs`` reproduces the official code's ``logprobs``, ``log(softmax + 1e-5)``, which on a
+            confident model differs from the exact ``mean_log_prob``).
         target_class: the class for ``gradient_target="class"``.
         aggregation: ``l2_mean`` (the paper's loss) or another of ``AGGREGATIONS``.
         freeze: ``conv_norm`` (the paper: convolutions and norms frozen, the rest trained), ``before_layer``
