@@ -282,7 +282,7 @@ class TestFaults:
             process = subprocess.Popen([sys.executable, str(script), str(output)], env=env,
                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             try:
-                deadline = time.monotonic() + 60
+                deadline = time.monotonic() + 120
                 while not list(output.glob("checkpoint-*")) and time.monotonic() < deadline:
                     assert process.poll() is None, "the training process died on its own"
                     time.sleep(0.05)

@@ -85,7 +85,8 @@ def install(staging: Path, target: str | os.PathLike, *, owned: Sequence[str], b
     """Move the files of ``staging`` into ``target`` in the crash-safe order of the module docstring.
 
     Args:
-        owned: patterns of the files an earlier hf_debias save wrote (removed unless the new save has them).
+        owned: patterns of the files an earlier hf_debias save wrote: all removed (after the barrier), the
+            new save's own files then take their place.
         barrier: ``(name, bytes)`` written first, before anything else changes (a guarded ``config.json``).
         last: new files moved at the end, in this order (a file that is also the barrier and identical to it
             stays as the barrier wrote it).

@@ -8,12 +8,13 @@ Two fixes happen at save time:
   time (``got multiple values for keyword argument 'num_classes'``); it is dropped (timm still reads the
   root ``num_classes``).
 - ``refuse_plain_loading``: for corrections that change the forward pass, plain timm / transformers would build
-  the uncorrected network and give wrong outputs without a word. The architecture (or ``model_type``) is then
-  replaced by a sentence that those loaders print in their error, the real one is kept under an
-  ``hf_debias_*`` key. For timm layouts ``do_pooling`` holds the sentence too: transformers' ``TimmWrapper``
-  checks that field first and prints it, where its "unknown architecture" error would advise upgrading timm.
-  A transformers model class called directly ignores ``model_type``, so for those the weights are also renamed
-  ``hf_debias_model.safetensors``: it finds nothing to load. ``load_native`` undoes both.
+  the uncorrected network and give wrong outputs without a word. Keys of ``config.json`` are then replaced by a
+  sentence that ends "load it with hf_debias.load_model", which those loaders print in their error (see
+  ``guard``); the real values are kept under ``hf_debias_<key>``. The keys are chosen so that no loader adds
+  advice of its own: ``TimmWrapper``'s unknown-architecture error says "upgrade timm", transformers' unknown
+  ``model_type`` error "upgrade transformers", so the field those loaders validate first holds the sentence.
+  For transformers layouts the weights are also renamed ``hf_debias_model.safetensors``, so that even a loader
+  that skips the config's checks finds nothing to load. ``load_native`` undoes both.
 
 Saves are atomic (``atomic``): written into a temporary sibling, then moved into place behind a guarded
 ``config.json``. Loads read ``config.json`` and safetensors files only, never run a repo's code
@@ -70,8 +71,7 @@ def _strict_field(config_class: type | None, config: dict[str, Any], sentence: s
     there, the sentence is what transformers prints, before it builds anything."""
     validators = getattr(config_class, "__validators__", None) or {}
     for name, checks in validators.items():
-        if name in ("model_type", "transformers_version") or isinstance(config.get(name), str) or \
-                not isinstance(config.get(name), (bool, int, float)):
+        if name in ("model_type", "transformers_version") or not isinstance(config.get(name), (bool, int, float)):
             continue
         for check in checks:
             try:
@@ -82,12 +82,13 @@ def _strict_field(config_class: type | None, config: dict[str, Any], sentence: s
 
 
 def guard(config: dict[str, Any], reason: str, config_class: type | None = None) -> dict[str, Any]:
-    """``config`` with keys replaced by a sentence that plain loaders print in their error; the real values go
-    under ``GUARD_KEY`` for ``load_native``.
+    """``config`` with keys replaced by a sentence that plain loaders print in their error; the real value of each
+    replaced key goes under ``hf_debias_<key>`` and the keys are listed under ``GUARD_KEY``, for ``load_native``.
 
-    timm layouts: ``architecture`` (timm prints "Unknown model (<sentence>)") and ``do_pooling`` (checked first by
-    transformers' ``TimmWrapper``, whose unknown-architecture error would advise upgrading timm). transformers
-    models: an int / bool field that ``config_class`` validates (transformers prints it), else ``model_type``.
+    timm layouts: ``architecture`` (timm prints "Unknown model (<sentence>)") and ``do_pooling`` (validated by
+    transformers' ``TimmWrapperConfig`` before the architecture is looked up). transformers layouts: a number
+    field that ``config_class`` validates (transformers prints "Field 'hidden_size' expected int, got str (value:
+    '<sentence>')"), else ``model_type``.
     """
     config = dict(config)
     # no ':' or '/': timm would read them as a source prefix or a repo id and print advice of its own
