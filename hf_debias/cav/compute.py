@@ -43,12 +43,12 @@ def compute_cav(model: nn.Module, layer: str | None, data: Any, *, concept: str 
         method: ``signal`` (default) or ``fastcav`` stream; ``svm`` / ``ridge`` / ``lasso`` / ``logistic``
             collect the pooled activations and fit a scikit-learn model.
         pooling: ``max`` or ``mean`` over positions / tokens, ``cls`` (first token) for token models, or
-            ``auto`` (the default; before hf_debias 0.2 the default was ``max``): the pooling the model itself
-            applies to the layer, measured on the first batch by ``auto_pooling`` — ``mean`` when the layer is read
-            through global average pooling (e.g. the last stage before timm's ``global_pool`` or a transformers
-            pooler, where a mean-pooled CAV is the direction the head sees), ``cls`` when only the class token
-            reaches the head, else ``max`` (the paper's choice). The choice and its reason are recorded in
-            ``cav.fit_params["pooling_reason"]``.
+            ``auto`` (the default; earlier versions used ``max``): the pooling the model itself applies to the
+            layer, measured by ``auto_pooling`` on the first batch (a forward and a backward pass on at most 8
+            images) — ``mean`` when the layer is read through global average pooling (e.g. the last stage before
+            timm's ``global_pool`` or a transformers pooler, where a mean-pooled CAV is the direction the head
+            sees), ``cls`` when only the class token reaches the head, else ``max`` (the paper's choice). The
+            choice and its reason are recorded in ``cav.fit_params["pooling_reason"]``.
         validation_fraction: every k-th sample (k = 1 / fraction) is held out, up to ``max_validation_samples``,
             to measure the concept-detection AUC (``cav.quality``: ``auc`` and the ``held_out_with`` /
             ``held_out_without`` counts it rests on; see ``hf_debias.cav.describe_auc``). It warns when fewer than
