@@ -30,7 +30,7 @@ from transformers.modeling_outputs import ImageClassifierOutput
 from transformers.trainer_pt_utils import LabelSmoother
 from transformers.trainer_utils import default_compute_objective
 
-from ._validation import as_class_ids, check_batch_size
+from ._validation import check_batch_size
 from .config import CONFIG_NAME, DebiasConfig, _CONFIG_CLASSES, available_methods
 from .freezing import FREEZE_POLICIES
 from .functional.end import PAIRINGS
@@ -503,7 +503,8 @@ def _checkpoint_debias_config(checkpoint: str) -> DebiasConfig | None:
     try:
         return DebiasConfig.from_pretrained(checkpoint)
     except (ValueError, TypeError, OSError) as error:
-        raise ValueError(f"Cannot resume from {str(checkpoint)!r}: its {CONFIG_NAME} cannot be read ({error}).") from error
+        raise ValueError(f"Cannot resume from {str(checkpoint)!r}: its {CONFIG_NAME} cannot be read "
+                         f"({error}).") from error
 
 
 def debias_config_differences(saved: DebiasConfig | None, current: DebiasConfig | None) -> list[str]:

@@ -604,7 +604,8 @@ def test_resume_compares_the_cav_by_content_and_ignores_record_only_fields(tmp_p
     other = RRClArCConfig(cav=str(tmp_path / "c"), lamb=100.0)
     differences = debias_config_differences(RRClArCConfig(cav=str(tmp_path / "a"), lamb=10.0), other)
     assert differences[0] == "lamb: checkpoint 10.0, this run 100.0"
-    assert differences[1].startswith("cav: the checkpoint's CAV and this run's") and "differ in vector" in differences[1]
+    assert differences[1].startswith("cav: the checkpoint's CAV and this run's")
+    assert "differ in vector" in differences[1]
 
 
 # ---------------------------------------------------------------------------------------------- labels
@@ -703,8 +704,8 @@ class TestNoSilentResults:
         assert all(isinstance(row["aligned"], bool) for row in rows)  # aligned groups come from the training set
         worst = min(rows, key=lambda row: row["accuracy"])
         assert metrics["eval_worst_group_accuracy"] == worst["accuracy"]
-        assert (metrics["eval_worst_group_label"], metrics["eval_worst_group_bias"], metrics["eval_worst_group_count"]) \
-            == (worst["label"], worst["bias"], worst["count"])
+        worst_group = tuple(metrics[f"eval_worst_group_{key}"] for key in ("label", "bias", "count"))
+        assert worst_group == (worst["label"], worst["bias"], worst["count"])
         card_metrics = trainer.model_card_info().metrics["eval"]
         assert "group_0_0_accuracy" in card_metrics or "group_0_1_accuracy" in card_metrics
         assert not any(key.endswith(("_count", "_aligned", "_label", "_bias")) for key in card_metrics)
