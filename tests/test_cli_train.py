@@ -236,3 +236,16 @@ def test_help_lists_model_data_and_debias_options_before_the_trainers_with_defau
          "--output_dir", "out", "--bias-label-column", "place"])
     assert (model_args.model_name_or_path, data_args.label_column, data_args.augment, data_args.image_size,
             training_args.bias_label_column) == ("resnet18", "y", False, 64, "place")
+
+
+def test_max_samples_draw_a_seeded_random_subset_not_the_first_class_folder(tmp_path):
+    from hf_debias.cli.train import DataArguments, load_data
+
+    folder = layouts.write_class_folders(tmp_path)
+    args = DataArguments(dataset=str(folder), max_train_samples=6, max_eval_samples=3, eval_split="test",
+                         bias_csv=str(folder / layouts.BIAS_CSV_NAME))
+    data = load_data(args, seed=0)
+    assert len(data.train) == 6 and len(data.evaluation["test"]) == 3 and data.num_classes == 3
+    assert len(set(data.train["labels"])) > 1  # the first 6 files are 4 birds and 2 cats
+    assert data.train["labels"] == load_data(args, seed=0).train["labels"]
+    assert data.bias_names == ["0", "1"] and data.bias_source == "bias_labels"

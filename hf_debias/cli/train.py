@@ -70,8 +70,10 @@ class DataArguments:
     eval_split: str | None = field(default=None, metadata={
         "help": "split(s) to evaluate on, comma-separated (default: test_unbiased for colour-digits, "
                 "test_clean,test_attacked for controlled-artifact, else validation, else test)"})
-    max_train_samples: int | None = field(default=None, metadata={"help": "use only the first N training samples"})
-    max_eval_samples: int | None = field(default=None, metadata={"help": "use only the first N evaluation samples"})
+    max_train_samples: int | None = field(default=None, metadata={
+        "help": "train on a random N of the training samples (drawn with --seed)"})
+    max_eval_samples: int | None = field(default=None, metadata={
+        "help": "evaluate on a random N of each eval split's samples (drawn with --seed)"})
     augment: bool = field(default=True, metadata={
         "help": "training augmentation from the model's data config (timm's create_transform(is_training=True); "
                 "random-resized crop and flip for transformers models); --no_augment: the eval transform"})
@@ -95,10 +97,12 @@ class TrainingData:
     bias_source: str = BIAS_COLUMN
 
 
-def load_data(data_args: DataArguments, bias_label_column: str | None = None) -> TrainingData:
+def load_data(data_args: DataArguments, bias_label_column: str | None = None, *, seed: int = 42,
+              ) -> TrainingData:
     """The ``train`` split and the eval splits, with the columns ``image``, ``labels`` and, when there is a bias,
     ``bias_labels`` (read from the source column ``bias_label_column``; ``None`` or ``"bias_labels"``: the
-    source's ``bias_labels`` if it has one)."""
+    source's ``bias_labels`` if it has one). ``--max_train_samples`` / ``--max_eval_samples`` take a random subset
+    drawn with ``seed``."""
     source_bias = None if bias_label_column in (None, BIAS_COLUMN) else bias_label_column
     if data_args.dataset in BUILT_IN_EVAL:
         splits = _built_in(data_args, source_bias)
@@ -128,10 +132,11 @@ def load_data(data_args: DataArguments, bias_label_column: str | None = None) ->
     bias_names = list(bias.names) if hasattr(bias, "names") else None
     train = splits["train"]
     evaluation = {name: splits[name] for name in eval_names}
+    # A random subset, as in transformers' run_image_classification.py: the first N of a folder is one class.
     if data_args.max_train_samples:
-        train = train.select(range(min(data_args.max_train_samples, len(train))))
+        train = train.shuffle(seed=seed).select(range(min(data_args.max_train_samples, len(train))))
     if data_args.max_eval_samples:
-        evaluation = {name: split.select(range(min(data_args.max_eval_samples, len(split))))
+        evaluation = {name: split.shuffle(seed=seed).select(range(min(data_args.max_eval_samples, len(split))))
                       for name, split in evaluation.items()}
     if len(train) == 0:
         raise ValueError(f"The training split of {data_args.dataset!r} is empty.")
@@ -224,7 +229,7 @@ def run_training(model_args: ModelArguments, data_args: DataArguments, training_
 
     from ..trainer import DebiasTrainer
 
-    data = load_data(data_args, training_args.bias_label_column)
+    data = load_data(data_args, training_args.bias_label_column, seed=training_args.seed)
     model, processor, train_transform, eval_transform = build_model_and_transforms(model_args, data_args, data)
     training_args.bias_label_column = BIAS_COLUMN  # --bias_label_column named the source column; this is ours
     training_args.remove_unused_columns = False  # the transform produces exactly the columns the model needs
