@@ -201,6 +201,9 @@ class DebiasTrainer(Trainer):
         finally:
             args.label_smoothing_factor = smoothing
         self.label_smoother = self._label_smoother(smoothing)
+        if self.label_smoother is not None and self.compute_loss_func is not None:
+            warnings.warn(f"label_smoothing_factor={smoothing} is not used: compute_loss_func replaces the "
+                          "cross-entropy (smooth the labels inside it).", UserWarning, stacklevel=2)
         if args.label_names is None:
             # The bias column is a label wherever it exists: kept through remove_unused_columns and given to
             # compute_metrics. prediction_step uses the label names each eval batch has.

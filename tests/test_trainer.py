@@ -435,6 +435,13 @@ def test_compute_loss_func_replaces_the_cross_entropy_and_the_penalty_is_added_s
     assert loss.item() == pytest.approx(2 * ce.item(), rel=1e-6)
 
 
+def test_label_smoothing_beside_compute_loss_func_warns_that_it_is_not_used(tmp_path):
+    with pytest.warns(UserWarning, match=r"label_smoothing_factor=0\.1 is not used: compute_loss_func replaces"):
+        DebiasTrainer(model=timm.create_model("simple_convnet", num_classes=3),
+                      args=arguments(tmp_path, debias="none", label_smoothing_factor=0.1),
+                      compute_loss_func=sum_cross_entropy)
+
+
 def test_compute_loss_func_is_equivalent_under_gradient_accumulation(tmp_path):
     weights = {}
     for batch_size, accumulation in ((8, 1), (4, 2)):
