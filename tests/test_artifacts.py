@@ -72,7 +72,8 @@ def test_artifact_accuracy_tcav_and_alignment_values_and_modules():
     assert result == {"clean_accuracy": 0.5, "attacked_accuracy": 0.5, "attack_drop": 0.0}
     module = evaluate.load(ARTIFACT_ACCURACY_MODULE)
     assert module.compute(predictions=[1, 0], references=[1, 1], attacked=[0, 1])["attack_drop"] == 1.0
-    assert tcav([0.5, -0.25, 1.0]) == {"tcav_score": pytest.approx(2 / 3), "tcav_sensitivity": pytest.approx(1.75 / 3)}
+    assert tcav([0.5, -0.25, 1.0]) == {"tcav_score": pytest.approx(2 / 3),
+                                       "tcav_pooled_sensitivity": pytest.approx(1.75 / 3)}
     assert evaluate.load(TCAV_MODULE).compute(predictions=[0.5, -0.25, 1.0])["tcav_score"] == pytest.approx(2 / 3)
     clean = torch.tensor([[0.0, 1.0], [1.0, 0.0]])
     moved = clean + torch.tensor([[1.0, 0.0], [1.0, 1.0]])
