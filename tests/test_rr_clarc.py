@@ -10,7 +10,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from hf_debias import CAV, RRClArCConfig, get_debias_model
-from hf_debias.functional import AGGREGATIONS, GRADIENT_TARGETS, gradient_target_output, latent_gradient, rr_clarc_penalty
+from hf_debias.functional import (AGGREGATIONS, GRADIENT_TARGETS, gradient_target_output, latent_gradient,
+                                  rr_clarc_penalty)
 from hf_debias.functional.rr_clarc import latent_gradient_depends_on_input
 
 

@@ -12,7 +12,8 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ...freezing import FrozenParameters
 from ...cav.pooling import pooling_from_gradient
-from ...functional.rr_clarc import channels_last, gradient_target_output, latent_gradient_depends_on_input, rr_clarc_penalty
+from ...functional.rr_clarc import (channels_last, gradient_target_output, latent_gradient_depends_on_input,
+                                    rr_clarc_penalty)
 from ...hooks import LayerHook
 from ...layers import LayerRef
 from ..base import Penalty
