@@ -102,6 +102,24 @@ def test_transformers_model_keeps_its_own_layout(tmp_path, cache):
     torch.testing.assert_close(logits(load_model("org/vit-end")), expected, rtol=0, atol=1e-6)
 
 
+def test_an_image_processor_is_saved_and_pushed_with_the_model_so_pipeline_works(tmp_path, cache):
+    from PIL import Image
+    from transformers import ViTImageProcessor, pipeline
+
+    model = vit_model()
+    model.config.id2label = {0: "cat", 1: "dog", 2: "bird"}
+    model.config.label2id = {name: i for i, name in model.config.id2label.items()}
+    processor = ViTImageProcessor(size={"height": 32, "width": 32})
+    corrected = get_debias_model(model, EnDConfig(layer="vit.layers.1", normalize_forward=False)).eval()
+    hub = FakeHub(cache)
+    with hub.patch():
+        corrected.push_to_hub("org/with-processor", image_processor=processor)
+    assert "preprocessor_config.json" in hub.commits[0]["files"]
+    classify = pipeline("image-classification", model="org/with-processor")
+    predictions = classify(Image.new("RGB", (40, 40), "red"))
+    assert {p["label"] for p in predictions} <= {"cat", "dog", "bird"} and len(predictions) == 3
+
+
 def test_timm_config_is_fixed_for_transformers(tmp_path):
     """timm 1.0.31 writes model_args.num_classes, which TimmWrapper passes twice; it is dropped at save time."""
     saved(timm_model(), RRClArCConfig(cav=random_cav(48, "layer2")), tmp_path / "saved")

@@ -27,17 +27,15 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 OWNED = ("config.json", "model.safetensors", "hf_debias_model.safetensors", "model-*-of-*.safetensors",
-         "model.safetensors.index.json", "debias_config.json", "README.md", "report.png",
+         "model.safetensors.index.json", "debias_config.json", "preprocessor_config.json", "README.md", "report.png",
          "cav/cav.safetensors", "cav/cav_config.json")
-"""What an hf_debias model save writes (relative POSIX paths, ``fnmatch`` patterns): the files a later save into the
-same folder replaces or removes, and (with ``PUSHED_EXTRA``) the only files a push uploads."""
+"""What an hf_debias model save writes (relative POSIX paths, ``fnmatch`` patterns; ``preprocessor_config.json``
+when it is given an image processor, or Trainer's ``processing_class`` writes it): the files a later save into the
+same folder replaces or removes, and (with ``CAV_OWNED``) the only files a push uploads."""
 
 CAV_OWNED = ("cav.safetensors", "cav_config.json", "README.md", "*/cav.safetensors", "*/cav_config.json",
              "*/README.md")
 """What a CAV save (one CAV, or ``save_cavs``' subfolders) writes."""
-
-PUSHED_EXTRA = ("preprocessor_config.json",)
-"""Consumer files a push also sends when they are there (written by Trainer's ``processing_class``)."""
 
 _REPLACE = os.replace
 """The primitive every move goes through (patched by the fault-injection tests)."""

@@ -23,11 +23,11 @@ from torch import nn
 from ..config import CONFIG_NAME, DebiasConfig
 from ..loading import model_identity, unwrap_model
 from ..model import DebiasModel, get_debias_model
-from .atomic import OWNED, PUSHED_EXTRA, files_under, install, staging_folder
+from .atomic import OWNED, files_under, install, staging_folder
 from .cards import ModelCardInfo, copy_chart, debias_model_card
 from .integrity import add_record
 from .native import CONFIG_NAME as MODEL_CONFIG_NAME
-from .native import barrier, load_native, save_native, write_native
+from .native import barrier, load_native, write_native
 from .paths import recordable_name
 from .push import save_and_push
 from .resolve import resolve_folder
@@ -46,7 +46,7 @@ def _recorded_config(model: DebiasModel) -> DebiasConfig:
 
 
 def save_model(model: nn.Module, save_directory: str | os.PathLike, *, card: ModelCardInfo | None = None,
-               repo_id: str | None = None) -> Path:
+               repo_id: str | None = None, image_processor: Any | None = None) -> Path:
     """Save a ``DebiasModel`` (or a plain classifier) into ``save_directory``; see the module docstring.
 
     The save is atomic (``hub.atomic``): written into a temporary sibling folder, then moved into place behind a
@@ -56,11 +56,17 @@ def save_model(model: nn.Module, save_directory: str | os.PathLike, *, card: Mod
     Args:
         card: what the model card says beyond the config (bias, metrics before / after, chart).
         repo_id: the name the card shows in its loading examples (default: the folder's name).
+        image_processor: a transformers image processor saved with the model (``preprocessor_config.json``), so
+            that ``AutoImageProcessor`` and ``pipeline("image-classification")`` work on the folder or repo.
     """
     model = unwrap_model(model, through_debias=False)
     folder = Path(save_directory)
     if not isinstance(model, DebiasModel):
-        save_native(model, folder)
+        with staging_folder(folder) as staging:
+            write_native(model, staging)
+            if image_processor is not None:
+                image_processor.save_pretrained(staging)
+            install(staging, folder, owned=OWNED, barrier=barrier(staging), last=[MODEL_CONFIG_NAME])
         return folder
     if model.method is None:
         raise RuntimeError("This DebiasModel was unloaded; save the model that unload() returned instead.")
@@ -69,6 +75,8 @@ def save_model(model: nn.Module, save_directory: str | os.PathLike, *, card: Mod
         if model.method.alters_forward else None
     with staging_folder(folder) as staging:
         library = write_native(model.model, staging, refuse_plain_loading=reason)
+        if image_processor is not None:
+            image_processor.save_pretrained(staging)
         config.save_pretrained(staging)
         cav = config.load_cav() if hasattr(config, "load_cav") else None
         copy_chart(card, staging)
@@ -84,12 +92,14 @@ def save_model(model: nn.Module, save_directory: str | os.PathLike, *, card: Mod
 def push_model(model: nn.Module, repo_id: str, *, save_directory: str | os.PathLike | None = None,
                card: ModelCardInfo | None = None, commit_message: str = "Upload corrected model with hf_debias",
                token: str | None = None, private: bool | None = None, revision: str | None = None,
-               create_pr: bool = False):
+               create_pr: bool = False, image_processor: Any | None = None):
     """Save the model locally (``save_directory``, else a fresh staging folder), then push it in one commit.
 
     On success a staging folder is removed; on failure it is kept and the ``PushError`` names it.
+    ``image_processor`` is saved with the model (see ``save_model``).
     """
-    return save_and_push(lambda folder: save_model(model, folder, card=card, repo_id=repo_id), repo_id,
+    return save_and_push(lambda folder: save_model(model, folder, card=card, repo_id=repo_id,
+                                                   image_processor=image_processor), repo_id,
                          save_directory=save_directory, commit_message=commit_message, token=token,
                          private=private, revision=revision, create_pr=create_pr)
 
@@ -102,7 +112,7 @@ def load_model(name_or_path: str | os.PathLike, *, revision: str | None = None, 
     with a warning. Only JSON and safetensors files are read; ``hub_kwargs`` (``token``, ``cache_dir``,
     ``local_files_only``...) go to ``huggingface_hub.snapshot_download``.
     """
-    folder = resolve_folder(name_or_path, revision=revision, allow_patterns=[*OWNED, *PUSHED_EXTRA], **hub_kwargs)
+    folder = resolve_folder(name_or_path, revision=revision, allow_patterns=list(OWNED), **hub_kwargs)
     model = load_native(folder)  # checks the folder against debias_config.json's record first
     config = DebiasConfig.from_pretrained(folder) if (folder / CONFIG_NAME).is_file() else None
     if config is None:

@@ -4,7 +4,7 @@
 the commit itself: one ``CommitOperationAdd`` per file, one ``create_commit``. The folder is written completely
 before anything is sent, so a failed push commits nothing and leaves the saved files where they are; a repo the
 push created is deleted again. Only files an hf_debias save writes are uploaded (an allow-list: ``atomic.OWNED``,
-``atomic.CAV_OWNED`` and ``atomic.PUSHED_EXTRA``); anything else in the folder — notes, ``runs/``, checkpoints,
+``atomic.CAV_OWNED``); anything else in the folder — notes, ``runs/``, checkpoints,
 pickles — and every symlink is left out with a warning. The token goes to ``HfApi`` and nowhere else: it is
 never printed, logged or written, and every error message has it (explicit, ``HF_TOKEN`` or the login's)
 replaced by ``***``.
@@ -20,10 +20,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .atomic import CAV_OWNED, OWNED, PUSHED_EXTRA, matches
+from .atomic import CAV_OWNED, OWNED, matches
 from .paths import check_subfolder
 
-ALLOWED = (*OWNED, *PUSHED_EXTRA, *CAV_OWNED)
+ALLOWED = (*OWNED, *CAV_OWNED)
 """The only files a push uploads (relative paths, ``fnmatch`` patterns)."""
 
 
