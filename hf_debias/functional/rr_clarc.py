@@ -133,7 +133,8 @@ def latent_gradient_depends_on_input(logits: torch.Tensor, latent: torch.Tensor,
     linear (ReLU) network gives ``True``: its gradient changes with the activation pattern.
 
     Returns ``None`` when it cannot tell: fewer than two samples with different activations, or a zero gradient.
-    ``latent`` must be in the graph of ``logits``; the graph is kept (``retain_graph=True``).
+    ``latent`` must be in the graph of ``logits``; the graph is kept (``retain_graph=True``). Dropout or stochastic
+    depth after the layer, in training mode, gives each sample its own random mask and so reads as ``True``.
     """
     flat = latent.detach().flatten(1)
     distinct = (flat - flat[:1]).abs().amax(dim=1) > 0
