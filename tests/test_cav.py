@@ -211,6 +211,12 @@ def test_auto_pooling_follows_how_the_model_reads_the_layer():
     assert auto_pooling(vit, f"blocks.{len(vit.blocks) - 1}", x32).pooling == "cls"  # head reads the class token
     assert auto_pooling(vit, "blocks.0", x32).pooling == "max"
     assert model.training and vit.training  # modes are restored
+    from transformers import ResNetConfig, ResNetForImageClassification
+
+    hf = ResNetForImageClassification(ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1],
+                                                   num_labels=3))
+    assert auto_pooling(hf, "resnet.encoder.stages.1", x32).pooling == "mean"  # read through the pooler
+    assert auto_pooling(hf, "resnet.encoder.stages.0", x32).pooling == "max"
 
 
 def test_compute_cav_auto_records_the_choice_and_equals_the_explicit_pooling():
