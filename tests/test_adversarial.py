@@ -376,7 +376,7 @@ class TestHostileFiles:
             hf_debias.push_folder(folder, "org/linked")
         assert linked not in hub.commits[0]["files"]
 
-    def test_a_pickle_beside_the_weights_is_never_read_or_downloaded(self, tmp_path, cache):
+    def test_a_pickle_beside_the_weights_is_never_read_or_downloaded(self, tmp_path, cache, monkeypatch):
         marker = tmp_path / "unpickled"
 
         class Exploit:
@@ -389,7 +389,21 @@ class TestHostileFiles:
         (folder / "pytorch_model.bin").write_bytes(pickle.dumps(Exploit()))
         (folder / "training_args.bin").write_bytes(pickle.dumps(Exploit()))
         publish(cache, folder, "org/pickled")
+        import fnmatch
+
+        import huggingface_hub
+
+        asked = {}
+        real_download = huggingface_hub.snapshot_download
+
+        def download(repo_id, **kwargs):
+            asked.update(kwargs)
+            return real_download(repo_id, **kwargs)
+
+        monkeypatch.setattr(huggingface_hub, "snapshot_download", download)
         torch.testing.assert_close(logits(load_model("org/pickled")), logits(model), rtol=0, atol=1e-6)
+        for name in ("pytorch_model.bin", "training_args.bin", "modeling_x.py", "notes.txt"):  # never downloaded
+            assert not any(fnmatch.fnmatch(name, pattern) for pattern in asked["allow_patterns"]), name
         torch.testing.assert_close(logits(load_model(folder)), logits(model), rtol=0, atol=1e-6)
         (folder / "model.safetensors").unlink()
         (folder / "debias_config.json").unlink()
