@@ -4,7 +4,7 @@
 from pathlib import Path
 
 from .artifact import artifact_accuracy, cav_alignment, directional_derivatives, model_artifact_accuracy, tcav
-from .group import ALIGNED_IDENTITY, group_accuracy, infer_aligned_bias
+from .group import ALIGNED_IDENTITY, group_accuracy, groups_from_metrics, infer_aligned_bias
 
 _HERE = Path(__file__).parent
 GROUP_ACCURACY_MODULE = str(_HERE / "group_accuracy")
@@ -26,4 +26,4 @@ def load_group_accuracy(**kwargs):
 
 __all__ = ["ALIGNED_IDENTITY", "ARTIFACT_ACCURACY_MODULE", "CAV_ALIGNMENT_MODULE", "GROUP_ACCURACY_MODULE",
            "TCAV_MODULE", "artifact_accuracy", "cav_alignment", "directional_derivatives", "group_accuracy",
-           "infer_aligned_bias", "load_group_accuracy", "model_artifact_accuracy", "tcav"]
+           "groups_from_metrics", "infer_aligned_bias", "load_group_accuracy", "model_artifact_accuracy", "tcav"]

@@ -19,8 +19,10 @@ Args:
     bias_labels (list of int): bias (group) ids.
     aligned_bias (dict or "identity", optional): the bias value aligned with each label in training.
 Returns:
-    accuracy, unbiased_accuracy, worst_group_accuracy, worst_group, group_accuracy, group_size and, with
-    aligned_bias, bias_aligned_accuracy, bias_conflicting_accuracy and bias_gap.
+    accuracy, unbiased_accuracy, worst_group_accuracy, worst_group, group_accuracy, group_size, the worst
+    group's ids and size (worst_group_label, worst_group_bias, worst_group_count), one flat entry per group
+    (group_{label}_{bias}_accuracy and group_{label}_{bias}_count, and group_{label}_{bias}_aligned with
+    aligned_bias) and, with aligned_bias, bias_aligned_accuracy, bias_conflicting_accuracy and bias_gap.
 Examples:
     >>> metric = evaluate.load(hf_debias.metrics.GROUP_ACCURACY_MODULE)
     >>> metric.compute(predictions=[0, 1, 1], references=[0, 1, 0], bias_labels=[0, 1, 1])["worst_group_accuracy"]
