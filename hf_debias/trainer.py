@@ -59,7 +59,8 @@ class DebiasTrainingArguments(TrainingArguments):
         "help": "bottleneck module name (see `hf-debias layers MODEL`); 'NAME:input' for a module's input; "
                 "default: the input of the classifier head"})
     bias_label_column: str = field(default="bias_labels", metadata={
-        "help": "dataset column with one integer bias id per sample"})
+        "help": "dataset column with one integer bias id per sample; `hf-debias train` reads this column (or "
+                "CelebA attribute) of the source data into 'bias_labels'"})
     end_alpha: float = field(default=1.0, metadata={"help": "EnD: weight of the disentangling term (>= 0)"})
     end_beta: float = field(default=1.0, metadata={"help": "EnD: weight of the entangling term (>= 0)"})
     end_pairing: str = field(default="all", metadata={
