@@ -253,10 +253,3 @@ def model_identity(model: nn.Module) -> tuple[str | None, str | None]:
         return (f"{name}.{tag}" if name and tag else name), None
     return None, None
 
-
-def __getattr__(name: str):
-    if name == "image_transform_for":  # moved to hf_debias.data.transforms; kept importable from here
-        from .data.transforms import image_transform_for
-
-        return image_transform_for
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -82,7 +82,8 @@ class DebiasTrainingArguments(TrainingArguments):
                 "(everything up to the layer), none", "choices": list(FREEZE_POLICIES)})
     rrclarc_lamb: float = field(default=1.0, metadata={"help": "RR-ClArC: penalty weight lambda (>= 0)"})
     rrclarc_gradient_target: str = field(default="random_signs", metadata={
-        "help": "RR-ClArC: what is differentiated", "choices": list(GRADIENT_TARGETS)})
+        "help": "RR-ClArC: what is differentiated (official_logprobs: the official code's log(softmax + 1e-5))",
+        "choices": list(GRADIENT_TARGETS)})
     rrclarc_target_class: int | None = field(default=None, metadata={
         "help": "RR-ClArC: the class for --rrclarc_gradient_target class"})
     rrclarc_aggregation: str = field(default="l2_mean", metadata={

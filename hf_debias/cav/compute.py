@@ -229,7 +229,7 @@ def _is_hf_dataset(data: Any) -> bool:
 
 def _dataset_batches(dataset, model: nn.Module, concept_column: str, batch_size: int, rank: int,
                      world: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    from ..loading import image_transform_for
+    from ..data.transforms import image_transform_for
 
     names = dataset.column_names
     if concept_column not in names:
