@@ -408,9 +408,8 @@ class DebiasTrainer(Trainer):
         except ValueError:
             native = False
         if native:
-            save_model(model, output_dir, card=self.model_card_info(), repo_id=self.args.hub_model_id)
-            if self.processing_class is not None:
-                self.processing_class.save_pretrained(output_dir)
+            save_model(model, output_dir, card=self.model_card_info(), repo_id=self.args.hub_model_id,
+                       image_processor=self.processing_class)  # part of the atomic save
         else:
             super()._save(str(output_dir), state_dict)
             if isinstance(model, DebiasModel):
@@ -493,7 +492,8 @@ class DebiasTrainer(Trainer):
         return push_model(unwrap_model(self.model, through_debias=False), repo_id,
                           card=card if card is not None else self.model_card_info(), commit_message=commit_message,
                           token=token or self.args.hub_token, revision=revision,
-                          private=private if private is not None else self.args.hub_private_repo)
+                          private=private if private is not None else self.args.hub_private_repo,
+                          image_processor=self.processing_class)
 
 
 TRAINING_ARGS_JSON = "training_args.json"
