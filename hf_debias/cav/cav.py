@@ -23,7 +23,7 @@ from safetensors.torch import load_file, save_file
 from .. import __version__
 from .._validation import check_choice
 from ..config import read_json_object
-from .fitting import CAV_METHODS, ConceptStatistics, check_concept_labels, fit_direction
+from .fitting import CAV_METHODS, ConceptStatistics, auc_warning, check_concept_labels, fit_direction, held_out_auc
 from .pooling import POOLINGS
 
 CAV_WEIGHTS_NAME = "cav.safetensors"
@@ -45,7 +45,8 @@ class CAV:
         num_samples / num_concept_samples: the samples it was fitted on, and how many showed the concept.
         concept_mean / clean_mean: mean projection ``h · pool(a)`` of samples with (μ⁺) and without (μ⁻) the
             concept, which ClArC's projections move samples to.
-        quality: figures such as ``auc`` (concept detection on held-out samples) and ``alignment``.
+        quality: figures such as ``auc`` (concept detection on held-out samples, with the ``held_out_with`` /
+            ``held_out_without`` counts it rests on) and ``alignment``.
     """
 
     vector: torch.Tensor
@@ -59,7 +60,7 @@ class CAV:
     num_concept_samples: int = 0
     concept_mean: float | None = None
     clean_mean: float | None = None
-    quality: dict[str, float] = field(default_factory=dict)
+    quality: dict[str, float | int | None] = field(default_factory=dict)
     fit_params: dict[str, Any] = field(default_factory=dict)
     hf_debias_version: str = __version__
     name_or_path: str | None = field(default=None, compare=False)
@@ -136,14 +137,21 @@ class CAV:
         self.check_channels(pooled.shape[-1])
         return pooled.float() @ self.vector.to(pooled.device)
 
-    def evaluate(self, activations: torch.Tensor, concept_labels: object) -> float:
-        """Concept-detection ROC AUC of ``h · a`` on (held-out) pooled activations; stored in ``quality['auc']``."""
-        from sklearn.metrics import roc_auc_score
+    def evaluate(self, activations: torch.Tensor, concept_labels: object) -> float | None:
+        """Concept-detection ROC AUC of ``h · a`` on (held-out) pooled activations ``[N, C]``.
 
-        labels = check_concept_labels(concept_labels, activations.shape[0])
-        auc = float(roc_auc_score(labels.numpy(), self.project(torch.as_tensor(activations)).cpu().numpy()))
-        self.quality["auc"] = auc
-        return auc
+        Stored in ``quality`` with the held-out counts it rests on (``auc``, ``held_out_with``,
+        ``held_out_without``; see ``hf_debias.cav.held_out_auc``). Warns (``auc_warning``) when there are too few
+        held-out samples of either kind to trust it, or only one concept value (then there is no AUC: ``None`` is
+        returned and an earlier ``quality['auc']`` is removed).
+        """
+        quality = held_out_auc(self.project(torch.as_tensor(activations)), concept_labels)
+        self.quality.pop("auc", None)
+        self.quality.update(quality)
+        warning = auc_warning(self.quality)
+        if warning:
+            warnings.warn(warning, stacklevel=2)
+        return self.quality.get("auc")
 
     def check_channels(self, num_channels: int, layer: str | None = None) -> None:
         """Raise if the layer has another channel count than the CAV; the message names both."""
@@ -233,7 +241,8 @@ class CAV:
         return cav
 
     def __repr__(self) -> str:
-        quality = ", ".join(f"{key}={value:.3f}" for key, value in self.quality.items())
+        quality = ", ".join(f"{key}={value:.3f}" if isinstance(value, float) else f"{key}={value}"
+                            for key, value in self.quality.items())  # counts (held_out_with) as integers
         return (f"CAV(concept={self.concept!r}, layer={self.layer!r}, channels={self.num_channels}, "
                 f"method={self.method!r}, pooling={self.pooling!r}, samples={self.num_samples}"
                 f"{', ' + quality if quality else ''})")
