@@ -260,6 +260,9 @@ def trainer_worker(rank: int, port: int, folder: str) -> None:
         "world_size": args.world_size, "logged": logged, "rr_logged": rr_logged,
         "fc": trainer.model.model[-1].weight.detach().flatten().tolist(),
         "rr_fc": rr_trainer.model.model[-1].weight.detach().flatten().tolist()}))
+    # Leave together: a process that exits while its peer is still inside a collective aborts gloo (SIGABRT).
+    torch.distributed.barrier()
+    torch.distributed.destroy_process_group()
 
 
 def test_debias_trainer_runs_end_and_rrclarc_on_two_processes(tmp_path):
