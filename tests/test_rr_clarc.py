@@ -13,6 +13,7 @@ from hf_debias import CAV, RRClArCConfig, get_debias_model
 from hf_debias.functional import (AGGREGATIONS, GRADIENT_TARGETS, gradient_target_output, latent_gradient,
                                   rr_clarc_penalty)
 from hf_debias.functional.rr_clarc import latent_gradient_depends_on_input
+from hf_debias.methods.rr_clarc.method import LINEARITY_EVIDENCE_BATCHES
 
 
 def pooled_linear_model(channels=6, classes=4):
@@ -34,8 +35,11 @@ def test_penalty_matches_closed_form_on_a_pooled_linear_head(aggregation):
                            aggregation=aggregation, freeze="none")
     wrapped = get_debias_model(model, config)
     x = torch.randn(5, 3, 4, 4)
+    wrapped.train()
+    for _ in range(LINEARITY_EVIDENCE_BATCHES - 1):  # the warning waits for that many batches of evidence
+        wrapped(torch.randn(5, 3, 4, 4), labels=torch.zeros(5, dtype=torch.long))
     with pytest.warns(UserWarning, match="Only linear operations"):
-        out = wrapped.train()(x, labels=torch.zeros(5, dtype=torch.long))
+        out = wrapped(x, labels=torch.zeros(5, dtype=torch.long))
     w_c = model[3].weight[1].detach() / 16
     h = cav.vector
     projection = float(w_c @ h)
@@ -272,19 +276,22 @@ def test_the_linear_head_warning_suggests_mean_pooling_only_for_a_max_pooled_cav
     cav = CAV(torch.randn(6, generator=torch.Generator().manual_seed(0)), concept="test", layer="0", pooling=pooling)
     wrapped = get_debias_model(pooled_linear_model(), RRClArCConfig(layer="0", cav=cav, freeze="none"))
     with pytest.warns(UserWarning, match="Only linear operations") as caught:
-        wrapped.train()(torch.randn(3, 3, 4, 4), labels=torch.zeros(3, dtype=torch.long))
+        for _ in range(LINEARITY_EVIDENCE_BATCHES):
+            wrapped.train()(torch.randn(3, 3, 4, 4), labels=torch.zeros(3, dtype=torch.long))
     hints = [str(w.message) for w in caught if "pooling='mean'" in str(w.message)]
     assert bool(hints) == (pooling == "max")
 
 
 # --------------------------------------------------------------------------- the linear-head warning
 def _warnings_of_one_step(model, layer, channels, batch=4, size=32, **config):
+    """The linear-head warnings of as many training steps as the warning needs as evidence."""
     torch.manual_seed(0)
     wrapped = get_debias_model(model, RRClArCConfig(layer=layer, cav=random_cav(channels, layer=layer), **config))
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            wrapped.train()(torch.randn(batch, 3, size, size), labels=torch.arange(batch) % 3)
+            for _ in range(LINEARITY_EVIDENCE_BATCHES):
+                wrapped.train()(torch.randn(batch, 3, size, size), labels=torch.arange(batch) % 3)
     finally:
         wrapped.unload()
     return [str(w.message) for w in caught if "Only linear operations" in str(w.message)]
@@ -327,8 +334,27 @@ def test_the_check_waits_for_a_batch_of_different_images():
         warnings.simplefilter("error")  # neither a single image nor two identical ones can show independence
         wrapped(torch.randn(1, 3, 4, 4), labels=torch.zeros(1, dtype=torch.long))
         wrapped(torch.ones(2, 3, 4, 4), labels=torch.zeros(2, dtype=torch.long))
+        for _ in range(LINEARITY_EVIDENCE_BATCHES - 1):  # not yet enough evidence
+            wrapped(torch.randn(2, 3, 4, 4), labels=torch.zeros(2, dtype=torch.long))
     with pytest.warns(UserWarning, match="Only linear operations"):
         wrapped(torch.randn(2, 3, 4, 4), labels=torch.zeros(2, dtype=torch.long))
+
+
+def test_one_batch_of_similar_images_in_an_untrained_relu_net_is_no_evidence():
+    # The README's stand-in: an untrained resnet18, 8 images sharing a bright corner. Their ReLU patterns after
+    # layer3 happen to coincide, so that one batch shows the same gradient for every image; the network is not
+    # affine there, and a batch of other images shows it. No warning.
+    torch.manual_seed(0)
+    model = timm.create_model("resnet18", pretrained=False, num_classes=10)
+    wrapped = get_debias_model(model, RRClArCConfig(layer="layer3", cav=random_cav(256, layer="layer3"))).train()
+    similar = torch.randn(8, 3, 32, 32)
+    similar[:, :, :8, :8] = 3.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        wrapped(similar, labels=torch.zeros(8, dtype=torch.long))
+        assert wrapped.method._input_independent_batches == 1  # the premise: this batch alone looks affine
+        for _ in range(LINEARITY_EVIDENCE_BATCHES):
+            wrapped(torch.randn(8, 3, 32, 32) * 3, labels=torch.zeros(8, dtype=torch.long))
 
 
 def test_the_input_dependence_measure_on_affine_and_relu_tails():

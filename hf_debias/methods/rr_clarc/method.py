@@ -21,6 +21,11 @@ from ..cav_method import CAVMethod
 from .config import RRClArCConfig
 
 
+LINEARITY_EVIDENCE_BATCHES = 3
+"""Training batches in a row whose latent gradient must be the same for every image before the linear-head warning
+fires (see ``RRClArC._warn_if_input_independent``)."""
+
+
 class RRClArC(CAVMethod):
     """Adds ``lamb * rr_clarc_penalty(∇_a target, cav)`` to the training loss.
 
@@ -42,6 +47,7 @@ class RRClArC(CAVMethod):
         self.hook = LayerHook(self.layer, transform=self._differentiable)
         self._trains_before_layer = _trains_before(model, self.layer)
         self._checked_linearity = False
+        self._input_independent_batches = 0
         self._latent: torch.Tensor | None = None
 
     @property
@@ -95,13 +101,22 @@ class RRClArC(CAVMethod):
         """When only affine operations (pooling, the linear head) follow the layer, the logits' gradient there is
         the same for every image (methods.md §2): the penalty can then only turn the head away from the CAV. This
         is measured on the batch (``latent_gradient_depends_on_input``); say so, once, with advice that fits the
-        freeze policy. A batch that cannot tell (one image, identical images) defers the check to the next one."""
+        freeze policy. A batch that cannot tell (one image, identical images) defers the check to the next one.
+
+        One batch showing an input-independent gradient is not proof: in an untrained ReLU network, similar images
+        can share every activation pattern after the layer. The warning therefore waits until
+        ``LINEARITY_EVIDENCE_BATCHES`` batches in a row have shown it; one batch whose gradient differs between its
+        images ends the check without a warning."""
         depends = latent_gradient_depends_on_input(logits, latent)
         if depends is None:
             return
-        self._checked_linearity = True
         if depends:
+            self._checked_linearity = True
             return
+        self._input_independent_batches += 1
+        if self._input_independent_batches < LINEARITY_EVIDENCE_BATCHES:
+            return
+        self._checked_linearity = True
         layer, freeze = self.layer.spec, self.config.freeze
         hint = ""
         read_as = pooling_from_gradient(grad, repr(layer))
@@ -123,7 +138,8 @@ class RRClArC(CAVMethod):
                       + (" (about 1.5x a vanilla step)." if freeze == "before_layer" else "."))
         warnings.warn(
             f"Only linear operations (pooling, the linear head) follow {layer!r}: the latent gradient does not "
-            "depend on the image (measured: it is the same for every image of the batch), so RR-ClArC only turns "
+            f"depend on the image (measured: it was the same for every image of {LINEARITY_EVIDENCE_BATCHES} "
+            "batches), so RR-ClArC only turns "
             f"the head away from the CAV and a larger lamb changes nothing once that is done. {advice}{hint}",
             stacklevel=7,  # the user call: model(...) -> _call_impl -> forward -> _forward -> penalty
         )
