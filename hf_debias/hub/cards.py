@@ -1,16 +1,26 @@
 """Model cards for corrected models and CAV repos, rendered from the templates in ``model_cards/`` with
-huggingface_hub's card API. Metrics go into the card's ``model-index`` (``EvalResult``) as well as its text."""
+huggingface_hub's card API. Summary metrics go into the card's ``model-index`` (``EvalResult``) as well as its text.
+
+A card tells the truth about its repo: its "How to load" snippets run as written on the saved repo (a test
+executes them), it shows plain-loader and ``pipeline`` snippets only for a repo those loaders read correctly, it
+names the TCAV sensitivity it shows, and when the metrics hold clean and attacked accuracy it shows both and
+says in its limitations how much of the shortcut the correction leaves (``SHORTCUT_TOLERANCE``).
+"""
 
 from __future__ import annotations
 
 import importlib.metadata
+import math
 import os
+import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from .. import __version__
+from ..cav.fitting import describe_auc
+from ..metrics.group import is_group_structure_key
 from .paths import recordable_name
 
 if TYPE_CHECKING:
@@ -22,6 +32,25 @@ if TYPE_CHECKING:
 TEMPLATES = Path(__file__).resolve().parent.parent / "model_cards"
 CHART_NAME = "report.png"
 _BOOKKEEPING = {"base_model_name_or_path", "revision", "hf_debias_version", "cav"}
+IMAGE_FILE = "image.jpg"
+"""The image the card's snippets classify (the user's own file under that name)."""
+SHORTCUT_TOLERANCE = 0.03
+"""Attacked accuracy more than this (3 points) below clean accuracy: the card's limitations say the correction
+leaves that much of the shortcut."""
+TCAV_NOTES = {
+    "tcav_score": "*tcav score*: the share of the class's samples whose logit rises along the bias CAV, on the "
+                  "spatially averaged activation (about 0.5 once the model ignores the bias).",
+    "tcav_pooled_sensitivity": "*tcav pooled sensitivity* (hf_debias): the mean |derivative| of the class's logit "
+                               "along the CAV on the spatially averaged activation; near 0 once the model ignores "
+                               "the bias.",
+    "tcav_sensitivity": "*tcav sensitivity*: the older name of *tcav pooled sensitivity* (hf_debias): the mean "
+                        "|derivative| along the CAV on the spatially averaged activation.",
+    "tcav_position_sensitivity": "*tcav position sensitivity* (the RR-ClArC authors' `mean_tcav_sensitivity`): the "
+                                 "mean over samples and positions of the |per-position derivative| along the CAV; "
+                                 "several times larger than the pooled one and not comparable with it.",
+}
+"""What each TCAV metric on a card means; a card explains the ones it shows."""
+_GROUP_ACCURACY = re.compile(r"group_(-?\d+)_(-?\d+)_accuracy")
 
 
 @dataclass
@@ -31,12 +60,18 @@ class ModelCardInfo:
     Args:
         bias: the bias that was corrected, in words (``"background colour"``, ``"ruler in the image"``).
         dataset: the data the metrics were measured on (a Hub dataset id or a name).
-        metrics: ``{split: {metric: value}}`` of this (corrected) model, e.g. from ``group_accuracy``.
+        metrics: ``{split: {metric: value}}`` of this (corrected) model, e.g. from ``group_accuracy`` or
+            ``model_artifact_accuracy``. Group sizes, ids and alignment flags (``group_*_count``,
+            ``worst_group_label``...) are not shown as metrics; per-group accuracies (``group_{label}_{bias}_accuracy``)
+            go into a table of their own; ``clean_accuracy`` and ``attacked_accuracy`` of a split (or ``accuracy``
+            of a ``<name>_clean`` and a ``<name>_attacked`` split) make the card's shortcut check.
         baseline_metrics: the same for the uncorrected model (``baseline_name`` says which), for before vs after.
         baseline_name: what "before" is.
         report_chart: a PNG (e.g. the ``report.png`` of ``hf-debias demo``) copied into the repo and shown.
         limitations: one more sentence for the limitations section.
         license: the card's license id.
+        class_names / bias_names: names of the class ids and bias ids, for the per-group table (default: the class
+            names saved with the model, when the card is given its folder).
     """
 
     bias: str | None = None
@@ -47,12 +82,19 @@ class ModelCardInfo:
     report_chart: str | os.PathLike | None = None
     limitations: str | None = None
     license: str | None = None
+    class_names: Sequence[str] | None = None
+    bias_names: Sequence[str] | None = None
 
     def __post_init__(self) -> None:
         for name in ("metrics", "baseline_metrics"):
             value = getattr(self, name)
             if not isinstance(value, Mapping) or not all(isinstance(v, Mapping) for v in value.values()):
                 raise ValueError(f"{name} must map a split name to {{metric: value}}, got {value!r}.")
+        for name in ("class_names", "bias_names"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, str) or not isinstance(value, Sequence)
+                                      or not all(isinstance(v, str) for v in value)):
+                raise ValueError(f"{name} must be a list of names (strings), one per id, got {value!r}.")
         if self.report_chart is not None and not Path(self.report_chart).is_file():
             raise ValueError(f"report_chart {str(self.report_chart)!r} is not a file.")
 
@@ -77,13 +119,28 @@ def _hub_id(name: str | None) -> str | None:
     return None
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def _number(metric: str, value: Any) -> str:
     """Accuracies as percentages, their gaps and drops in points, everything else (TCAV) as a plain number."""
+    if isinstance(value, float) and math.isnan(value):
+        return "n/a"
     if "accuracy" in metric:
         return f"{100 * value:.1f} %"
     if metric.endswith(("_gap", "_drop")):
         return f"{100 * value:+.1f} pts"
     return f"{value:.4g}"
+
+
+def _is_summary_metric(metric: str, value: Any) -> bool:
+    """A number that measures the model as a whole: not a group's size, id or flag, nor one group's accuracy."""
+    return _is_number(value) and not is_group_structure_key(metric) and _GROUP_ACCURACY.fullmatch(metric) is None
+
+
+def _summary(metrics: Mapping[str, Any]) -> dict[str, float]:
+    return {metric: value for metric, value in metrics.items() if _is_summary_metric(metric, value)}
 
 
 def _eval_results(info: ModelCardInfo) -> list:
@@ -93,8 +150,8 @@ def _eval_results(info: ModelCardInfo) -> list:
     for metrics, suffix, config in ((info.metrics, "", None),
                                     (info.baseline_metrics, f" (before: {info.baseline_name})", "before_correction")):
         for split, values in metrics.items():
-            for metric, value in values.items():
-                if not isinstance(value, (int, float)):
+            for metric, value in _summary(values).items():
+                if isinstance(value, float) and math.isnan(value):
                     continue
                 results.append(EvalResult(
                     task_type="image-classification", dataset_type=info.dataset or "custom",
@@ -103,23 +160,133 @@ def _eval_results(info: ModelCardInfo) -> list:
     return results
 
 
+def _metric_rows(info: ModelCardInfo) -> list[dict[str, str]]:
+    rows = []
+    for split in dict.fromkeys([*info.metrics, *info.baseline_metrics]):
+        after, before = _summary(info.metrics.get(split, {})), _summary(info.baseline_metrics.get(split, {}))
+        for metric in dict.fromkeys([*after, *before]):
+            rows.append({"split": split, "key": metric, "metric": metric.replace("_", " "),
+                         "after": _number(metric, after[metric]) if metric in after else "-",
+                         "before": _number(metric, before[metric]) if metric in before else "-"})
+    return rows
+
+
+def _named(names: Sequence[str] | None, index: int) -> str:
+    return f"{names[index]} ({index})" if names is not None and 0 <= index < len(names) else str(index)
+
+
+def _group_rows(info: ModelCardInfo, class_names: Sequence[str] | None) -> list[dict[str, str]]:
+    """One row per (split, class, bias) group with an accuracy before or after the correction."""
+    rows = []
+    for split in dict.fromkeys([*info.metrics, *info.baseline_metrics]):
+        after, before = info.metrics.get(split, {}), info.baseline_metrics.get(split, {})
+        groups = {}
+        for metrics in (after, before):
+            for key, value in metrics.items():
+                match = _GROUP_ACCURACY.fullmatch(key)
+                if match is not None and _is_number(value):
+                    groups[(int(match[1]), int(match[2]))] = key
+        for (label, bias), key in sorted(groups.items()):
+            prefix = key[:-len("accuracy")]
+            count = after.get(prefix + "count", before.get(prefix + "count"))
+            aligned = after.get(prefix + "aligned", before.get(prefix + "aligned"))
+            rows.append({"split": split, "label": _named(class_names, label), "bias": _named(info.bias_names, bias),
+                         "count": str(int(count)) if _is_number(count) else "-",
+                         "aligned": {True: "aligned", False: "conflicting"}.get(aligned, "-"),
+                         "after": _number(key, after[key]) if key in after else "-",
+                         "before": _number(key, before[key]) if key in before else "-"})
+    return rows
+
+
+def _clean_and_attacked(metrics: Mapping[str, Mapping[str, Any]]) -> dict[str, tuple[float, float]]:
+    """``{split: (clean accuracy, attacked accuracy)}``: a split's ``clean_accuracy`` and ``attacked_accuracy``, or
+    the ``accuracy`` of a ``<name>_clean`` and a ``<name>_attacked`` split (``clean`` / ``attacked``: ``""``)."""
+    found = {}
+    for split, values in metrics.items():
+        clean, attacked = values.get("clean_accuracy"), values.get("attacked_accuracy")
+        if _is_number(clean) and _is_number(attacked):
+            found[split] = (float(clean), float(attacked))
+    for split, values in metrics.items():
+        if split == "clean" or split.endswith("_clean"):
+            name = split[:-len("clean")].rstrip("_")
+            other = metrics.get(f"{name}_attacked" if name else "attacked", {})
+            if _is_number(values.get("accuracy")) and _is_number(other.get("accuracy")):
+                found.setdefault(name or "test", (float(values["accuracy"]), float(other["accuracy"])))
+    return {split: pair for split, pair in found.items() if not any(math.isnan(v) for v in pair)}
+
+
+def _shortcut_checks(info: ModelCardInfo) -> list[dict[str, Any]]:
+    """Clean vs attacked accuracy per split, before and after, and whether the correction leaves the shortcut."""
+    before = _clean_and_attacked(info.baseline_metrics)
+    checks = []
+    for split, (clean, attacked) in _clean_and_attacked(info.metrics).items():
+        gap = clean - attacked
+        check = {"split": split, "clean": _number("accuracy", clean), "attacked": _number("accuracy", attacked),
+                 "gap": f"{100 * gap:.1f}", "leaves_shortcut": gap > SHORTCUT_TOLERANCE,
+                 "before": None}
+        if split in before:
+            b_clean, b_attacked = before[split]
+            check["before"] = {"clean": _number("accuracy", b_clean), "attacked": _number("accuracy", b_attacked),
+                               "gap": f"{100 * (b_clean - b_attacked):.1f}"}
+        checks.append(check)
+    return checks
+
+
+def _repo_contents(folder: str | os.PathLike | None) -> dict[str, Any]:
+    """What the saved folder holds that the card's snippets rely on: its layout (``timm``: timm's
+    ``config.json`` with ``pretrained_cfg``; ``transformers``), whether it has ``preprocessor_config.json``, and the
+    class names saved in ``config.json`` (``label_names`` or a real ``id2label``). Empty without a folder."""
+    if folder is None:
+        return {}
+    from ..config import read_json_object
+
+    folder = Path(folder)
+    config = read_json_object(folder / "config.json", "model config")
+    names = config.get("label_names")
+    if names is None and isinstance(config.get("id2label"), dict):
+        id2label = config["id2label"]
+        try:
+            names = [id2label[key] for key in sorted(id2label, key=int)]
+        except ValueError:
+            names = None
+        if names is not None and names == [f"LABEL_{i}" for i in range(len(names))]:
+            names = None
+    if not (isinstance(names, list) and all(isinstance(name, str) for name in names)):
+        names = None
+    return {"layout": "timm" if "architecture" in config else "transformers", "class_names": names,
+            "has_processor": (folder / "preprocessor_config.json").is_file()}
+
+
 def debias_model_card(config: DebiasConfig, *, repo_id: str, library: str, plain_loading: bool,
-                      info: ModelCardInfo | None = None, cav: CAV | None = None) -> ModelCard:
-    """The card of a corrected model saved under ``repo_id`` (also used as the card's ``model_name``)."""
+                      info: ModelCardInfo | None = None, cav: CAV | None = None,
+                      folder: str | os.PathLike | None = None,
+                      method_config: DebiasConfig | None = None) -> ModelCard:
+    """The card of a corrected model saved under ``repo_id`` (also used as the card's ``model_name``).
+
+    Args:
+        library: the weights' format (``native.write_native``'s answer); plain_loading: whether plain timm /
+            transformers / ``pipeline`` may load the repo (the correction leaves the forward pass alone).
+        folder: the saved folder (a staging folder is fine once the model and image processor are in it); the
+            card reads its layout, class names and whether it has ``preprocessor_config.json``, so that its
+            snippets run as written. Without it the snippets assume a complete repo.
+        method_config: the config as the method resolved it (``DebiasModel.method.config``, e.g. EnD's
+            ``normalize_forward``): its values are shown and its ``card_notes()`` explained.
+    """
     from huggingface_hub import ModelCard, ModelCardData
 
     info = info or ModelCardInfo()
+    shown = method_config if method_config is not None else config
     model_name = repo_id.rstrip("/").split("/")[-1]
     base = recordable_name(config.base_model_name_or_path)
     base_hub = _hub_id(base)
-    splits = list(dict.fromkeys([*info.metrics, *info.baseline_metrics]))
-    rows = []
-    for split in splits:
-        after, before = info.metrics.get(split, {}), info.baseline_metrics.get(split, {})
-        for metric in dict.fromkeys([*after, *before]):
-            rows.append({"split": split, "metric": metric.replace("_", " "),
-                         "after": _number(metric, after[metric]) if metric in after else "-",
-                         "before": _number(metric, before[metric]) if metric in before else "-"})
+    contents = _repo_contents(folder)
+    layout = contents.get("layout", "timm" if library == "timm" else "transformers")
+    if layout == "timm" or contents.get("has_processor", True):
+        processor_source = repo_id  # timm layouts: TimmWrapperImageProcessor reads pretrained_cfg
+    else:
+        processor_source = base_hub  # the base model's processor, if it has a Hub id
+    rows = _metric_rows(info)
+    shown_tcav = {row["key"] for row in rows} & set(TCAV_NOTES)
     card_data = ModelCardData(
         model_name=model_name, base_model=base_hub, library_name=library if plain_loading else "hf_debias",
         pipeline_tag="image-classification", license=info.license,
@@ -128,18 +295,23 @@ def debias_model_card(config: DebiasConfig, *, repo_id: str, library: str, plain
         eval_results=_eval_results(info) or None)
     cav_summary = None
     if cav is not None:
-        cav_summary = {**cav.metadata(), "auc": cav.quality.get("auc"),
+        cav_summary = {**cav.metadata(), "auc_text": describe_auc(cav.quality),
                        "base_model_name_or_path": recordable_name(cav.base_model_name_or_path)}
+    notes = shown.card_notes() if callable(getattr(shown, "card_notes", None)) else []
     return ModelCard.from_template(
         card_data, template_path=str(TEMPLATES / "debias_model_card.md"),
         model_name=model_name, repo_id=repo_id, method_title=config.method_title or config.debias_method,
         method_summary=config.method_summary, base_model_shown=base or "an unrecorded base model",
         base_model_url=f"https://huggingface.co/{base_hub}" if base_hub else "#",
-        hyperparameters=[(key, value) for key, value in sorted(config.to_dict().items()) if key not in _BOOKKEEPING],
-        bias=info.bias, dataset=info.dataset, metric_rows=rows, has_baseline=bool(info.baseline_metrics),
-        baseline_name=info.baseline_name, has_tcav=any(row["metric"].startswith("tcav") for row in rows),
-        chart=CHART_NAME if info.report_chart else None, plain_loading=plain_loading, library=library,
-        limitations=info.limitations, cav=cav_summary, hf_debias_version=__version__, versions=_versions())
+        hyperparameters=[(key, value) for key, value in sorted(shown.to_dict().items()) if key not in _BOOKKEEPING],
+        method_notes=notes, bias=info.bias, dataset=info.dataset, metric_rows=rows,
+        group_rows=_group_rows(info, info.class_names or contents.get("class_names")),
+        has_baseline=bool(info.baseline_metrics), baseline_name=info.baseline_name,
+        tcav_notes=[text for key, text in TCAV_NOTES.items() if key in shown_tcav],
+        shortcut_checks=_shortcut_checks(info), chart=CHART_NAME if info.report_chart else None,
+        plain_loading=plain_loading, library=library, layout=layout, processor_source=processor_source,
+        has_processor=contents.get("has_processor"), image_file=IMAGE_FILE, limitations=info.limitations,
+        cav=cav_summary, hf_debias_version=__version__, versions=_versions())
 
 
 def copy_chart(info: ModelCardInfo | None, folder: Path) -> None:
@@ -154,15 +326,15 @@ def cav_card(cavs: Mapping[str, CAV], *, repo_id: str) -> ModelCard:
 
     rows = []
     for folder, cav in cavs.items():
-        auc = cav.quality.get("auc")
         rows.append({"folder": folder or ".", "concept": cav.concept or "-", "layer": cav.layer,
                      "base_model": recordable_name(cav.base_model_name_or_path) or "-",
                      "num_channels": cav.num_channels,
                      "method": cav.method, "pooling": cav.pooling, "num_samples": cav.num_samples,
-                     "num_concept_samples": cav.num_concept_samples, "auc": f"{auc:.3f}" if auc is not None else "-"})
+                     "num_concept_samples": cav.num_concept_samples, "auc": describe_auc(cav.quality)})
     bases = {_hub_id(cav.base_model_name_or_path) for cav in cavs.values()} - {None}
     model_name = repo_id.rstrip("/").split("/")[-1]
-    card_data = ModelCardData(model_name=model_name, library_name="hf_debias", tags=["hf_debias", "cav", "concept-activation-vector"],
+    card_data = ModelCardData(model_name=model_name, library_name="hf_debias",
+                              tags=["hf_debias", "cav", "concept-activation-vector"],
                               base_model=sorted(bases)[0] if len(bases) == 1 else None)
     return ModelCard.from_template(card_data, template_path=str(TEMPLATES / "cav_card.md"), model_name=model_name,
                                    repo_id=repo_id, cavs=rows, first_subfolder=next(iter(cavs)) or None,
