@@ -7,6 +7,7 @@ from __future__ import annotations
 import ast
 import contextlib
 import io
+import json
 import re
 import warnings
 
@@ -117,12 +118,21 @@ CASES = {
 }
 
 
+@pytest.mark.parametrize("from_folder", [False, True], ids=["as_saved", "from_folder"])
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_the_cards_how_to_load_snippets_run_offline_and_agree(tmp_path, cache, monkeypatch, case):
+def test_the_cards_how_to_load_snippets_run_offline_and_agree(tmp_path, cache, monkeypatch, case, from_folder):
+    """``from_folder``: the card rendered from what the saved folder holds and the method's resolved config."""
     build, make_config, processor, num_blocks = CASES[case]
     repo_id = f"org/{case.replace('_', '-')}"
-    _, folder = save_and_publish(build(), make_config(), tmp_path, cache, repo_id,
-                                 processor=processor() if processor else None)
+    corrected, folder = save_and_publish(build(), make_config(), tmp_path, cache, repo_id,
+                                         processor=processor() if processor else None)
+    if from_folder:
+        library = "timm" if "architecture" in json.loads((folder / "config.json").read_text()) and \
+            not case.startswith("timm_wrapper") else "transformers"
+        debias_model_card(corrected.debias_config, repo_id=repo_id, library=library,
+                          plain_loading=not corrected.method.alters_forward, folder=folder,
+                          method_config=corrected.method.config).save(folder / "README.md")
+        publish(cache, folder, repo_id)
     card = (folder / "README.md").read_text()
     blocks = python_blocks(card.split("## How to load")[1].split("## Limitations")[0])
     assert len(blocks) == num_blocks, blocks
