@@ -200,7 +200,8 @@ def _group_rows(info: ModelCardInfo, class_names: Sequence[str] | None) -> list[
 
 def _clean_and_attacked(metrics: Mapping[str, Mapping[str, Any]]) -> dict[str, tuple[float, float]]:
     """``{split: (clean accuracy, attacked accuracy)}``: a split's ``clean_accuracy`` and ``attacked_accuracy``, or
-    the ``accuracy`` of a ``<name>_clean`` and a ``<name>_attacked`` split (``clean`` / ``attacked``: ``""``)."""
+    the ``accuracy`` of a ``<name>_clean`` and a ``<name>_attacked`` split (shown as ``<name>``; splits named just
+    ``clean`` and ``attacked`` as ``clean / attacked``)."""
     found = {}
     for split, values in metrics.items():
         clean, attacked = values.get("clean_accuracy"), values.get("attacked_accuracy")
@@ -211,7 +212,7 @@ def _clean_and_attacked(metrics: Mapping[str, Mapping[str, Any]]) -> dict[str, t
             name = split[:-len("clean")].rstrip("_")
             other = metrics.get(f"{name}_attacked" if name else "attacked", {})
             if _is_number(values.get("accuracy")) and _is_number(other.get("accuracy")):
-                found.setdefault(name or "test", (float(values["accuracy"]), float(other["accuracy"])))
+                found.setdefault(name or "clean / attacked", (float(values["accuracy"]), float(other["accuracy"])))
     return {split: pair for split, pair in found.items() if not any(math.isnan(v) for v in pair)}
 
 
