@@ -1,11 +1,16 @@
 """The controlled-artifact benchmark data and its metrics (functions and offline evaluate modules)."""
 
+import importlib.util
+from pathlib import Path
+
 import evaluate
 import numpy as np
 import pytest
 import torch
 
-from hf_debias.data import ARTIFACTS, ArtifactSpec, build_controlled_artifact, controlled_artifact_arrays, insert_artifact
+from hf_debias.data import (ARTIFACTS, ArtifactSpec, build_controlled_artifact, controlled_artifact_arrays, digit_arrays,
+                            insert_artifact)
+from hf_debias.data.artifacts import BUILTIN_DIGITS
 from hf_debias.metrics import (ARTIFACT_ACCURACY_MODULE, CAV_ALIGNMENT_MODULE, TCAV_MODULE, artifact_accuracy,
                                cav_alignment, tcav)
 
@@ -27,6 +32,87 @@ def test_each_artifact_goes_into_a_share_p_of_one_class_and_every_attacked_image
     masks = splits["test_attacked"].masks
     assert not (changed & ~masks).any()  # nothing changes outside the mask
     assert changed.any() and not splits["test_clean"].masks.any()
+
+
+def benchmark():
+    """benchmarks/rr_clarc_artifact.py as a module."""
+    path = Path(__file__).parents[1] / "benchmarks" / "rr_clarc_artifact.py"
+    spec = importlib.util.spec_from_file_location("rr_clarc_artifact", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def drawn(kind: str, original: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """What the default artifact of ``kind`` puts into the masked pixels of uint8 ``original`` [N, H, W, 3],
+    written out independently of ``insert_artifact``."""
+    spec = ArtifactSpec(kind)
+    if kind in ("patch", "timestamp"):
+        return np.broadcast_to(np.asarray(spec.colour, np.uint8), original[mask].shape)
+    if kind == "brightness":
+        return np.rint(original[mask] * (1 - spec.strength) + 255.0 * spec.strength).astype(np.uint8)
+    low = np.uint8(2 ** spec.bits - 1)
+    pattern = insert_artifact(np.zeros((1, *original.shape[1:]), np.uint8), spec)[0][0]  # the pattern alone
+    return (original & ~low)[mask] | np.broadcast_to(pattern, original.shape)[mask]
+
+
+@pytest.mark.parametrize("kind", ARTIFACTS)
+def test_each_default_artifact_changes_the_target_class_training_images_only_and_every_attacked_image(kind):
+    """The builder's defaults on the built-in digits (what the benchmark uses): compared with the same digits
+    without artifacts, exactly the artifact images change, only inside their masks, to what the artifact draws."""
+    sizes = {"n_train": 400, "n_validation": 200, "n_test": 60}
+    base = digit_arrays(seed=0, **sizes, **BUILTIN_DIGITS)
+    splits = controlled_artifact_arrays(artifact=kind, target_class=3, seed=0, **sizes)
+    for name, source in (("train", "train"), ("validation", "validation"), ("test_clean", "test"),
+                         ("test_attacked", "test")):
+        split, (original, labels) = splits[name], base[source]
+        assert np.array_equal(split.labels, labels)
+        changed = (split.images != original).any(axis=-1)
+        has = split.artifact.astype(bool)
+        assert np.array_equal(changed.any(axis=(1, 2)), has), name  # every artifact image changed, no other one
+        assert not (changed & ~split.masks).any() and not split.masks[~has].any(), name
+        assert np.array_equal(split.images[split.masks], drawn(kind, original, split.masks)), name
+        if has.any():  # the mask is the changed pixels, but for the few that already held the drawn value
+            assert changed[has].sum() >= 0.8 * split.masks[has].sum(), name
+    train = splits["train"]
+    assert set(train.labels[train.artifact == 1]) == {3} and train.artifact[train.labels == 3].mean() == \
+        pytest.approx(0.8, abs=0.02)
+    assert splits["test_attacked"].artifact.all() and set(splits["test_attacked"].labels) == set(range(10))
+    assert not splits["test_clean"].artifact.any()
+
+
+def test_hidden_bits_survive_the_benchmarks_image_to_tensor_conversion():
+    """The model sees the hidden bits: after the benchmark's uint8 -> normalised float conversion, the attacked
+    inputs differ from the clean ones by exactly the changed pixel levels (/ 255 / 0.5), in most input values."""
+    splits = controlled_artifact_arrays(artifact="hidden_bits", target_class=3, n_train=100, n_validation=200,
+                                        n_test=60)
+    clean, _, _ = benchmark().tensors(splits["test_clean"])
+    attacked, labels, artifact = benchmark().tensors(splits["test_attacked"])
+    assert attacked.dtype == torch.float32 and attacked.shape == (60, 3, 20, 20) and artifact.all()
+    levels = splits["test_attacked"].images.astype(np.float64) - splits["test_clean"].images
+    expected = torch.from_numpy(levels / 255 / 0.5).permute(0, 3, 1, 2).float()
+    difference = attacked - clean
+    assert torch.allclose(difference, expected, atol=1e-5)
+    bits = ArtifactSpec("hidden_bits").bits
+    assert (difference != 0).float().mean() > 0.8
+    assert difference.abs().max() <= (2 ** bits - 1) / 255 / 0.5 + 1e-5  # low bits only
+    assert difference.abs().mean() > 2 / 255 / 0.5  # more than the last bit on average
+
+
+def test_benchmark_runs_every_listed_artifact_and_class():
+    module = benchmark()
+    args = module.parse_args([])
+    assert args.artifacts == list(ARTIFACTS) and args.classes == [0, 3]
+    args = module.parse_args(["--quick"])
+    assert (args.artifacts, args.classes, args.seeds) == (["patch"], [0], [0])
+    args = module.parse_args(["--quick", "--artifacts", "timestamp", "hidden_bits", "--classes", "3", "7"])
+    assert (args.artifacts, args.classes) == (["timestamp", "hidden_bits"], [3, 7])
+    assert module.artifact_spec("patch", module.parse_args(["--patch-size", "6"])).size == 6
+    assert module.artifact_spec("timestamp", module.parse_args(["--patch-size", "6"])) == ArtifactSpec("timestamp")
+    for bad in (["--artifacts", "sticker"], ["--classes", "10"], ["--classes", "0", "0"],
+                ["--artifacts", "timestamp", "--patch-size", "6"]):
+        with pytest.raises(SystemExit):
+            module.parse_args(bad)
 
 
 def test_artifacts_draw_what_they_promise():

@@ -7,7 +7,7 @@ clean accuracy and recovers its attacked accuracy. Every image carries its 0/1 `
 label a CAV is fitted on) and the ``artifact_mask`` of the pixels the artifact touched.
 
 Artifacts (``ARTIFACTS``): a solid ``patch`` in a corner, a ``timestamp``-like text in a corner, a global
-``brightness`` blend, and ``hidden_bits``, a fixed pattern in the low bits of every pixel (invisible to the eye).
+``brightness`` blend, and ``hidden_bits``, a fixed pattern in the low bits of every pixel (hidden in the noise).
 """
 
 from __future__ import annotations
@@ -48,7 +48,15 @@ class ArtifactSpec:
         corner: where patch and timestamp go (``CORNERS``).
         colour: RGB of patch and timestamp ink.
         strength: brightness blend weight towards white (default 0.35).
-        bits: how many low bits ``hidden_bits`` overwrites (default 2).
+        bits: how many low bits ``hidden_bits`` overwrites with a fixed pseudo-random pattern, per pixel and
+            channel (default 5: values change by at most 31 of 255 levels, 10 on average, against the built-in
+            digits' noise of σ ≈ 77 levels). Measured with a vanilla ``simple_convnet`` (3 epochs, Adam lr 1e-3,
+            8,000 training digits, 80 % of one class marked): with 2 bits (at most 3 levels; the earlier default)
+            and 3 bits it never learns the pattern (clean / attacked 79.5 / 79.2 at 20,000 digits; 66.3 / 64.5
+            with 3 bits) — the bits do reach the model (the float conversion keeps every level), but a change that
+            small is swamped by the noise; 4 bits drop attacked accuracy by 20-29 points (too close to the 20-point
+            bar on class 0), 5 bits by 40-42. A 2-bit checkerboard instead of the random pattern is not learned
+            either.
         text: the timestamp's characters (digits and ':'), cut to what fits.
     """
 
@@ -57,7 +65,7 @@ class ArtifactSpec:
     corner: str = "bottom_right"
     colour: tuple[int, int, int] = (255, 255, 255)
     strength: float = 0.35
-    bits: int = 2
+    bits: int = 5
     text: str = "12:34"
 
     def __post_init__(self) -> None:
