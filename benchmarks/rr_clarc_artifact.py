@@ -1,24 +1,30 @@
 """RR-ClArC and the ClArC baselines on the controlled-artifact benchmark (RR-ClArC's protocol, methods.md §2).
 
-For every seed:
-1. data: the built-in noisy digits with a 4-pixel corner patch in 80 % of class 0's training images
-   (``hf_debias.data.build_controlled_artifact`` defaults); ``test_clean`` / ``test_attacked`` (patch everywhere).
-2. vanilla: ``simple_convnet`` trained with cross-entropy; it learns "patch => 0". A second model trained on the
-   same digits without any artifact is the *no-shortcut reference*: what attacked accuracy the patch itself costs
-   (it covers part of the image) when no shortcut was learned.
-3. CAVs at ``--layer`` of the vanilla model from class-0 training images with vs without the patch: signal
-   (streamed) and the filter CAVs (svm, ridge, lasso, logistic); their alignment with the true change
-   ``a(x + patch) − a(x)`` on paired clean / attacked test images. Pooling is ``mean`` by default: the layer
-   is followed by global average pooling and the head, so the spatial mean is what the head reads and the
-   direction the penalty must remove (``--pooling max``, the paper's choice, aligns half as well here).
+For every artifact type (``--artifacts``), target class (``--classes``) and seed:
+1. data: the built-in noisy digits with the artifact (``hf_debias.data.controlled_artifact_arrays`` defaults for
+   that kind, e.g. a 4-pixel corner patch) in 80 % of the target class's training images; ``test_clean`` /
+   ``test_attacked`` (the artifact in every image).
+2. vanilla: ``simple_convnet`` trained with cross-entropy; it learns "artifact => target class". A second model
+   trained on the same digits without any artifact is the *no-shortcut reference* (one per seed, shared by every
+   artifact and class): what attacked accuracy the artifact itself costs (a patch covers part of the image) when
+   no shortcut was learned.
+3. CAVs at ``--layer`` of the vanilla model from the target class's training images with vs without the
+   artifact: signal (streamed) and the filter CAVs (svm, ridge, lasso, logistic); their alignment with the true
+   change ``a(x + artifact) − a(x)`` on paired clean / attacked test images. Pooling is ``mean`` by default: the
+   layer is followed by global average pooling and the head, so the spatial mean is what the head reads and the
+   direction the penalty must remove (``--pooling max``, the paper's choice, aligns half as well for the patch).
 4. corrections of the vanilla model with the signal CAV, all fine-tuned the same way (``--freeze``, lr, epochs):
    the λ = 0 control (cross-entropy only), RR-ClArC (λ = ``--lamb``), A-ClArC, and P-ClArC (no training).
-5. clean / attacked accuracy and TCAV (class 0, at the layer, on attacked test images) for every model.
-Then, side by side in one process: time per fine-tuning step of RR-ClArC vs the λ = 0 control (same freeze
-policy), and one streaming CAV pass vs plain inference over the same images (throughput ratio).
+5. clean / attacked accuracy and TCAV (the target class, at the layer, on attacked test images) for every model.
+Then, side by side in one process (on the last combination's last seed): time per fine-tuning step of RR-ClArC vs
+the λ = 0 control (same freeze policy), and one streaming CAV pass vs plain inference over the same images.
 
-    python benchmarks/rr_clarc_artifact.py              # full run (3 seeds, ~13 min on 2 CPU cores)
-    python benchmarks/rr_clarc_artifact.py --quick      # smoke run (~30 s), used by the tests
+Every combination's numbers are the same whichever other combinations run with it (the shared reference model
+restores the random state it left), so ``--artifacts patch --classes 0`` reproduces the single-artifact results.
+
+    python benchmarks/rr_clarc_artifact.py                                  # 4 artifacts x classes 0, 3 x 3 seeds
+    python benchmarks/rr_clarc_artifact.py --artifacts patch --classes 0    # the patch on class 0 (~13 min)
+    python benchmarks/rr_clarc_artifact.py --quick                          # smoke run (~30 s), used by the tests
 """
 
 from __future__ import annotations
@@ -39,7 +45,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _common import add_common_arguments, header, write_json  # noqa: E402
 from hf_debias import AClArCConfig, PClArCConfig, RRClArCConfig, compute_cav, get_debias_model
 from hf_debias.cav import pool_activation
-from hf_debias.data import ArtifactSpec, controlled_artifact_arrays, digit_arrays
+from hf_debias.data import ARTIFACTS, ArtifactSpec, controlled_artifact_arrays, digit_arrays
 from hf_debias.data.artifacts import BUILTIN_DIGITS, insert_artifact
 from hf_debias.hooks import LayerHook
 from hf_debias.layers import resolve_layer
@@ -52,20 +58,26 @@ FILTER_METHODS = ("svm", "ridge", "lasso", "logistic")
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_arguments(parser, "rr_clarc_artifact")
+    parser.add_argument("--artifacts", nargs="+", choices=ARTIFACTS, default=None,
+                        help="artifact types to run, each with its builder defaults (default: all four; "
+                             "--quick: patch)")
+    parser.add_argument("--classes", type=int, nargs="+", choices=range(10), default=None, metavar="CLASS",
+                        help="target classes (digits 0-9) that get the artifact (default: 0 3; --quick: 0)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="data and initialisation seeds")
     parser.add_argument("--n-train", type=int, default=20_000, help="training images")
     parser.add_argument("--n-test", type=int, default=5_000, help="images in each test split")
     parser.add_argument("--epochs", type=float, default=3.0, help="vanilla training epochs (lr 1e-3)")
     parser.add_argument("--patch-size", type=int, default=None,
-                        help="side of the corner patch in pixels (default: the data's own, 20 %% of the side = 4)")
+                        help="side of the corner patch in pixels (default: the data's own, 20 %% of the side = 4); "
+                             "only for the patch artifact")
     parser.add_argument("--layer", default="stages.3", help="where the CAV lives and the correction acts")
     parser.add_argument("--pooling", default="mean", choices=("max", "mean"),
                         help="how the CAV pools the layer's positions (and the alignment's activations)")
     parser.add_argument("--freeze", default="conv_norm", help="freeze policy of every fine-tuned correction")
     parser.add_argument("--lamb", type=float, default=1000.0, help="RR-ClArC penalty weight")
     parser.add_argument("--lamb-grid", type=float, nargs="+", default=None,
-                        help="choose RR-ClArC's λ per seed from these values on validation digits (the lower of "
-                             "clean and patched accuracy), instead of --lamb")
+                        help="choose RR-ClArC's λ per artifact, class and seed from these values on validation "
+                             "digits (the lower of clean and attacked accuracy), instead of --lamb")
     parser.add_argument("--n-validation", type=int, default=2000, help="validation digits for --lamb-grid")
     parser.add_argument("--finetune-epochs", type=float, default=1.0, help="fine-tuning epochs of the corrections")
     parser.add_argument("--finetune-lr", type=float, default=1e-3, help="fine-tuning learning rate")
@@ -75,7 +87,20 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.quick:
         args.seeds, args.n_train, args.n_test, args.epochs = [0], 1500, 300, 1.0
         args.finetune_epochs, args.timing_steps, args.n_validation = 0.3, 3, 200
+    args.artifacts = args.artifacts or (["patch"] if args.quick else list(ARTIFACTS))
+    args.classes = args.classes if args.classes is not None else ([0] if args.quick else [0, 3])
+    for name in ("artifacts", "classes", "seeds"):
+        values = getattr(args, name)
+        if len(set(values)) != len(values):
+            parser.error(f"--{name} lists a value twice: {values}.")
+    if args.patch_size is not None and "patch" not in args.artifacts:
+        parser.error(f"--patch-size only applies to the patch artifact; --artifacts is {args.artifacts}.")
     return args
+
+
+def artifact_spec(kind: str, args) -> ArtifactSpec:
+    """The builder's defaults for ``kind`` (``--patch-size`` for the patch)."""
+    return ArtifactSpec(kind, size=args.patch_size) if kind == "patch" else ArtifactSpec(kind)
 
 
 def tensors(split) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -97,46 +122,61 @@ def pooled(model, layer: str, images: torch.Tensor, pooling: str = "max") -> tor
     return torch.cat(out)
 
 
-def evaluate(model, splits, layer: str, cav) -> dict[str, float]:
+def evaluate(model, splits, layer: str, cav, target_class: int) -> dict[str, float]:
     x_clean, y_clean, _ = splits["test_clean"]
     x_attacked = splits["test_attacked"][0]
     result = model_artifact_accuracy(model, x_clean, x_attacked, y_clean)
-    result.update(tcav(directional_derivatives(model, layer, cav, x_attacked[:1000], target_class=0)))
+    result.update(tcav(directional_derivatives(model, layer, cav, x_attacked[:1000], target_class=target_class,
+                                               per_position=True)))
     return result
 
 
-def validation_pair(seed: int, args) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
-    """Clean and patched copies of validation digits (base digits held out from training and test)."""
+def validation_pair(seed: int, kind: str, args) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+    """Clean and attacked copies of validation digits (base digits held out from training and test)."""
     images, labels = digit_arrays(seed=seed, n_train=10, n_validation=args.n_validation, n_test=10,
                                   **BUILTIN_DIGITS)["validation"]
-    attacked, _ = insert_artifact(images, ArtifactSpec("patch", size=args.patch_size))
+    attacked, _ = insert_artifact(images, artifact_spec(kind, args))
     return images_to_tensor(images), images_to_tensor(attacked), labels
 
 
-def run_seed(seed: int, args) -> dict:
-    arrays = controlled_artifact_arrays(seed=seed, n_train=args.n_train, n_validation=10, n_test=args.n_test,
-                                        artifact=ArtifactSpec("patch", size=args.patch_size))
+def no_shortcut_reference(seed: int, args, cache: dict) -> torch.nn.Module:
+    """The seed's model trained on the same digits without any artifact, trained once per seed. Later calls
+    restore the global random state its training left, so every combination sees the same state after it."""
+    if seed not in cache:
+        clean_digits = digit_arrays(seed=seed, n_train=args.n_train, n_validation=10, n_test=10, **BUILTIN_DIGITS)
+        torch.manual_seed(seed)
+        reference = timm.create_model("simple_convnet", num_classes=10)
+        fit(reference, images_to_tensor(clean_digits["train"][0]), torch.from_numpy(clean_digits["train"][1]),
+            torch.from_numpy(clean_digits["train"][1]), FitConfig(epochs=args.epochs, seed=seed),
+            progress=not args.quick, desc=f"seed {seed}: no-shortcut reference")
+        cache[seed] = (reference, torch.get_rng_state())
+    reference, state = cache[seed]
+    torch.set_rng_state(state)
+    return reference
+
+
+def run_seed(seed: int, kind: str, target_class: int, args, references: dict) -> dict:
+    # The builder's validation split is not used (validation_pair holds its own digits) and is left out: its 10
+    # digits need not contain the target class. n_validation=10 keeps the train and test digits of earlier runs.
+    digits = digit_arrays(seed=seed, n_train=args.n_train, n_validation=10, n_test=args.n_test, **BUILTIN_DIGITS)
+    arrays = controlled_artifact_arrays({"train": digits["train"], "test": digits["test"]}, seed=seed,
+                                        artifact=artifact_spec(kind, args), target_class=target_class)
     splits = {name: tensors(split) for name, split in arrays.items()}
     x, y, artifact = splits["train"]
-    vanilla_fit = FitConfig(epochs=args.epochs, seed=seed)
     tuned = FitConfig(epochs=args.finetune_epochs, lr=args.finetune_lr, batch_size=args.finetune_batch, seed=seed)
+    name = f"{kind}, class {target_class}, seed {seed}"
 
     torch.manual_seed(seed)
     vanilla = timm.create_model("simple_convnet", num_classes=10)
-    fit(vanilla, x, y, y, vanilla_fit, progress=not args.quick, desc=f"seed {seed}: vanilla")
+    fit(vanilla, x, y, y, FitConfig(epochs=args.epochs, seed=seed), progress=not args.quick,
+        desc=f"{name}: vanilla")
+    reference = no_shortcut_reference(seed, args, references)
 
-    clean_digits = digit_arrays(seed=seed, n_train=args.n_train, n_validation=10, n_test=10, **BUILTIN_DIGITS)
-    torch.manual_seed(seed)
-    reference = timm.create_model("simple_convnet", num_classes=10)
-    fit(reference, images_to_tensor(clean_digits["train"][0]), torch.from_numpy(clean_digits["train"][1]),
-        torch.from_numpy(clean_digits["train"][1]), vanilla_fit, progress=not args.quick,
-        desc=f"seed {seed}: no-shortcut reference")
-
-    target = y == 0
-    cavs = {"signal": compute_cav(vanilla, args.layer, (x[target], artifact[target]), concept="patch",
+    target = y == target_class
+    cavs = {"signal": compute_cav(vanilla, args.layer, (x[target], artifact[target]), concept=kind,
                                   pooling=args.pooling, progress=False)}
     for method in FILTER_METHODS:
-        cavs[method] = compute_cav(vanilla, args.layer, (x[target], artifact[target]), concept="patch",
+        cavs[method] = compute_cav(vanilla, args.layer, (x[target], artifact[target]), concept=kind,
                                    method=method, pooling=args.pooling, progress=False)
     clean_acts = pooled(vanilla, args.layer, splits["test_clean"][0], args.pooling)
     attacked_acts = pooled(vanilla, args.layer, splits["test_attacked"][0], args.pooling)
@@ -144,25 +184,25 @@ def run_seed(seed: int, args) -> dict:
                  for method, cav in cavs.items()}
     cav = cavs["signal"]
 
-    rows = {"vanilla": evaluate(vanilla, splits, args.layer, cav),
-            "no-shortcut reference": evaluate(reference, splits, args.layer, cav)}
+    rows = {"vanilla": evaluate(vanilla, splits, args.layer, cav, target_class),
+            "no-shortcut reference": evaluate(reference, splits, args.layer, cav, target_class)}
     corrections = {
         "λ=0 control": RRClArCConfig(cav=cav, lamb=0.0, freeze=args.freeze),
         "P-ClArC": PClArCConfig(cav=cav),
         "A-ClArC": AClArCConfig(cav=cav, freeze=args.freeze),
         "RR-ClArC": RRClArCConfig(cav=cav, lamb=args.lamb, freeze=args.freeze),
     }
-    def fine_tuned(name, config):
+    def fine_tuned(method, config):
         model = get_debias_model(copy.deepcopy(vanilla), config)
-        if name != "P-ClArC":
+        if method != "P-ClArC":
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                fit(model, x, y, y, tuned, progress=not args.quick, desc=f"seed {seed}: {name}")
+                fit(model, x, y, y, tuned, progress=not args.quick, desc=f"{name}: {method}")
         return model
 
     selection = None
     if args.lamb_grid:  # choose λ on validation digits (clean and attacked), never on the test splits
-        validation = validation_pair(seed, args)
+        validation = validation_pair(seed, kind, args)
         scores = {}
         for lamb in args.lamb_grid:
             model = fine_tuned(f"RR-ClArC λ={lamb:g}", RRClArCConfig(cav=cav, lamb=lamb, freeze=args.freeze))
@@ -171,9 +211,9 @@ def run_seed(seed: int, args) -> dict:
         chosen = max(scores, key=scores.get)
         corrections["RR-ClArC"] = RRClArCConfig(cav=cav, lamb=chosen, freeze=args.freeze)
         selection = {"scores": {f"{lamb:g}": score for lamb, score in scores.items()}, "chosen_lamb": chosen}
-        print(f"seed {seed}: validation min(clean, attacked) per λ {selection['scores']} -> λ={chosen:g}", flush=True)
-    for name, config in corrections.items():
-        rows[name] = evaluate(fine_tuned(name, config), splits, args.layer, cav)
+        print(f"{name}: validation min(clean, attacked) per λ {selection['scores']} -> λ={chosen:g}", flush=True)
+    for method, config in corrections.items():
+        rows[method] = evaluate(fine_tuned(method, config), splits, args.layer, cav, target_class)
     return {"rows": rows, "cav_alignment": alignment, "lamb_selection": selection,
             "train_artifact_images": int(artifact.sum()), "vanilla_model": vanilla, "cav": cav, "x": x, "y": y}
 
@@ -237,20 +277,24 @@ def summarise(per_seed: list[dict]) -> dict:
     return {"accuracy": summary, "cav_alignment": alignment}
 
 
-def markdown(summary: dict, timing: dict, throughput: dict, n_seeds: int) -> str:
+def markdown(combinations: list[dict], timing: dict, throughput: dict, n_seeds: int) -> str:
     def cell(entry, scale=100.0, digits=1):
         return f"{scale * entry['mean']:.{digits}f} ± {scale * entry['std']:.{digits}f}"
 
-    lines = [f"| model ({n_seeds} seeds) | clean acc. | attacked acc. | drop | TCAV score | TCAV sensitivity |",
-             "|---|---|---|---|---|---|"]
-    for name, values in summary["accuracy"].items():
-        lines.append(f"| {name} | {cell(values['clean_accuracy'])} | {cell(values['attacked_accuracy'])} | "
-                     f"{cell(values['attack_drop'])} | {cell(values['tcav_score'], 1.0, 2)} | "
-                     f"{values['tcav_sensitivity']['mean']:.2e} |")
-    lines += ["", "| CAV | alignment (per sample) | alignment (of means) | concept AUC |", "|---|---|---|---|"]
-    for method, values in summary["cav_alignment"].items():
-        lines.append(f"| {method} | {values['alignment']:.3f} | {values['alignment_of_means']:.3f} | "
-                     f"{values.get('auc', float('nan')):.3f} |")
+    lines = [f"| artifact | class | method ({n_seeds} seeds) | clean acc. | attacked acc. | gap | "
+             "TCAV sensitivity (pooled) |", "|---|---|---|---|---|---|---|"]
+    for combination in combinations:
+        for name, values in combination["summary"]["accuracy"].items():
+            lines.append(f"| {combination['artifact']} | {combination['target_class']} | {name} | "
+                         f"{cell(values['clean_accuracy'])} | {cell(values['attacked_accuracy'])} | "
+                         f"{cell(values['attack_drop'])} | {values['tcav_pooled_sensitivity']['mean']:.2e} |")
+    lines += ["", "| artifact | class | CAV | alignment (per sample) | alignment (of means) | concept AUC |",
+              "|---|---|---|---|---|---|"]
+    for combination in combinations:
+        for method, values in combination["summary"]["cav_alignment"].items():
+            lines.append(f"| {combination['artifact']} | {combination['target_class']} | {method} | "
+                         f"{values['alignment']:.3f} | {values['alignment_of_means']:.3f} | "
+                         f"{values.get('auc', float('nan')):.3f} |")
     lines += ["", f"Step time: RR-ClArC {timing['rrclarc_ms']:.1f} ms vs λ=0 control {timing['control_ms']:.1f} ms "
                   f"(ratio {timing['ratio']:.2f}x, same freeze policy).",
               f"CAV pass: {throughput['cav_images_per_s']:.0f} images/s vs inference "
@@ -262,25 +306,28 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     results = header(args)
     started = time.time()
-    per_seed = []
-    for seed in args.seeds:
-        outcome = run_seed(seed, args)
-        per_seed.append(outcome)
-        row = outcome["rows"]
-        print(f"seed {seed}: " + ", ".join(f"{name} {100 * r['clean_accuracy']:.1f}/{100 * r['attacked_accuracy']:.1f}"
-                                           for name, r in row.items()), flush=True)
-    last = per_seed[-1]
+    references: dict = {}
+    combinations, last = [], None
+    for kind in args.artifacts:
+        for target_class in args.classes:
+            per_seed = []
+            for seed in args.seeds:
+                last = run_seed(seed, kind, target_class, args, references)
+                per_seed.append(last)
+                print(f"{kind}, class {target_class}, seed {seed}: " + ", ".join(
+                    f"{name} {100 * r['clean_accuracy']:.1f}/{100 * r['attacked_accuracy']:.1f}"
+                    for name, r in last["rows"].items()), flush=True)
+            combinations.append({
+                "artifact": kind, "target_class": target_class, "summary": summarise(per_seed),
+                "per_seed": [{key: value for key, value in seed.items()
+                              if key in ("rows", "cav_alignment", "train_artifact_images", "lamb_selection")}
+                             for seed in per_seed]})
     timing = step_times(last["vanilla_model"], last["cav"], last["x"], last["y"], args)
     throughput = cav_throughput(last["vanilla_model"], last["x"][:2000 if args.quick else 10_000], args.layer,
                                 repeats=1 if args.quick else 3)
-    summary = summarise(per_seed)
-    results.update({"summary": summary, "step_time": timing, "cav_throughput": throughput,
-                    "per_seed": [{key: value for key, value in seed.items() if key in ("rows", "cav_alignment",
-                                                                                        "train_artifact_images",
-                                                                                        "lamb_selection")}
-                                 for seed in per_seed],
+    results.update({"combinations": combinations, "step_time": timing, "cav_throughput": throughput,
                     "seconds": time.time() - started})
-    table = markdown(summary, timing, throughput, len(args.seeds))
+    table = markdown(combinations, timing, throughput, len(args.seeds))
     print("\n" + table)
     write_json(args.output, results)
     args.output.with_suffix(".md").write_text(table)
