@@ -81,7 +81,8 @@ def save_model(model: nn.Module, save_directory: str | os.PathLike, *, card: Mod
         cav = config.load_cav() if hasattr(config, "load_cav") else None
         copy_chart(card, staging)
         debias_model_card(config, repo_id=repo_id or folder.resolve().name, library=library,
-                          plain_loading=reason is None, info=card, cav=cav).save(staging / "README.md")
+                          plain_loading=reason is None, info=card, cav=cav, folder=staging,
+                          method_config=getattr(model.method, "config", None)).save(staging / "README.md")
         add_record(staging, files_under(staging))
         install(staging, folder, owned=OWNED, barrier=barrier(staging), last=[CONFIG_NAME, MODEL_CONFIG_NAME])
         if cav is not None and cav.name_or_path is not None and Path(cav.name_or_path).parent == staging:
