@@ -22,9 +22,9 @@ the λ = 0 control (same freeze policy), and one streaming CAV pass vs plain inf
 Every combination's numbers are the same whichever other combinations run with it (the shared reference model
 restores the random state it left), so ``--artifacts patch --classes 0`` reproduces the single-artifact results.
 
-    python benchmarks/rr_clarc_artifact.py                                  # 4 artifacts x classes 0, 3 x 3 seeds
-    python benchmarks/rr_clarc_artifact.py --artifacts patch --classes 0    # the patch on class 0 (~13 min)
-    python benchmarks/rr_clarc_artifact.py --quick                          # smoke run (~30 s), used by the tests
+    python benchmarks/rr_clarc_artifact.py                                # 4 artifacts x classes 0, 3 x 3 seeds, ~1.5 h
+    python benchmarks/rr_clarc_artifact.py --artifacts patch --classes 0  # the patch on class 0, ~13 min
+    python benchmarks/rr_clarc_artifact.py --quick                        # smoke run (~30 s), used by the tests
 """
 
 from __future__ import annotations
