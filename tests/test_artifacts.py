@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from hf_debias.data import (ARTIFACTS, ArtifactSpec, build_controlled_artifact, controlled_artifact_arrays, digit_arrays,
-                            insert_artifact)
+from hf_debias.data import (ARTIFACTS, ArtifactSpec, build_controlled_artifact, controlled_artifact_arrays,
+                            digit_arrays, insert_artifact)
 from hf_debias.data.artifacts import BUILTIN_DIGITS
 from hf_debias.metrics import (ARTIFACT_ACCURACY_MODULE, CAV_ALIGNMENT_MODULE, TCAV_MODULE, artifact_accuracy,
                                cav_alignment, tcav)
