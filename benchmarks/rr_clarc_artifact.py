@@ -83,6 +83,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--finetune-lr", type=float, default=1e-3, help="fine-tuning learning rate")
     parser.add_argument("--finetune-batch", type=int, default=64, help="fine-tuning batch size")
     parser.add_argument("--timing-steps", type=int, default=30, help="steps per side in the step-time comparison")
+    parser.add_argument("--vanilla-only", action="store_true",
+                        help="train and evaluate the vanilla models only (does each artifact fool vanilla?): no "
+                             "reference, no corrections, no timing; the vanilla rows equal those of a full run")
     args = parser.parse_args(argv)
     if args.quick:
         args.seeds, args.n_train, args.n_test, args.epochs = [0], 1500, 300, 1.0
@@ -93,6 +96,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         values = getattr(args, name)
         if len(set(values)) != len(values):
             parser.error(f"--{name} lists a value twice: {values}.")
+    if args.vanilla_only and args.lamb_grid:
+        parser.error("--lamb-grid chooses RR-ClArC's λ; --vanilla-only runs no RR-ClArC.")
     if args.patch_size is not None and "patch" not in args.artifacts:
         parser.error(f"--patch-size only applies to the patch artifact; --artifacts is {args.artifacts}.")
     return args
@@ -170,7 +175,7 @@ def run_seed(seed: int, kind: str, target_class: int, args, references: dict) ->
     vanilla = timm.create_model("simple_convnet", num_classes=10)
     fit(vanilla, x, y, y, FitConfig(epochs=args.epochs, seed=seed), progress=not args.quick,
         desc=f"{name}: vanilla")
-    reference = no_shortcut_reference(seed, args, references)
+    reference = None if args.vanilla_only else no_shortcut_reference(seed, args, references)
 
     target = y == target_class
     cavs = {"signal": compute_cav(vanilla, args.layer, (x[target], artifact[target]), concept=kind,
@@ -184,8 +189,11 @@ def run_seed(seed: int, kind: str, target_class: int, args, references: dict) ->
                  for method, cav in cavs.items()}
     cav = cavs["signal"]
 
-    rows = {"vanilla": evaluate(vanilla, splits, args.layer, cav, target_class),
-            "no-shortcut reference": evaluate(reference, splits, args.layer, cav, target_class)}
+    rows = {"vanilla": evaluate(vanilla, splits, args.layer, cav, target_class)}
+    if args.vanilla_only:
+        return {"rows": rows, "cav_alignment": alignment, "lamb_selection": None,
+                "train_artifact_images": int(artifact.sum())}
+    rows["no-shortcut reference"] = evaluate(reference, splits, args.layer, cav, target_class)
     corrections = {
         "λ=0 control": RRClArCConfig(cav=cav, lamb=0.0, freeze=args.freeze),
         "P-ClArC": PClArCConfig(cav=cav),
@@ -277,7 +285,7 @@ def summarise(per_seed: list[dict]) -> dict:
     return {"accuracy": summary, "cav_alignment": alignment}
 
 
-def markdown(combinations: list[dict], timing: dict, throughput: dict, n_seeds: int) -> str:
+def markdown(combinations: list[dict], timing: dict | None, throughput: dict | None, n_seeds: int) -> str:
     def cell(entry, scale=100.0, digits=1):
         return f"{scale * entry['mean']:.{digits}f} ± {scale * entry['std']:.{digits}f}"
 
@@ -295,10 +303,11 @@ def markdown(combinations: list[dict], timing: dict, throughput: dict, n_seeds: 
             lines.append(f"| {combination['artifact']} | {combination['target_class']} | {method} | "
                          f"{values['alignment']:.3f} | {values['alignment_of_means']:.3f} | "
                          f"{values.get('auc', float('nan')):.3f} |")
-    lines += ["", f"Step time: RR-ClArC {timing['rrclarc_ms']:.1f} ms vs λ=0 control {timing['control_ms']:.1f} ms "
-                  f"(ratio {timing['ratio']:.2f}x, same freeze policy).",
-              f"CAV pass: {throughput['cav_images_per_s']:.0f} images/s vs inference "
-              f"{throughput['inference_images_per_s']:.0f} images/s (ratio {throughput['ratio']:.2f})."]
+    if timing is not None:
+        lines += ["", f"Step time: RR-ClArC {timing['rrclarc_ms']:.1f} ms vs λ=0 control {timing['control_ms']:.1f} "
+                      f"ms (ratio {timing['ratio']:.2f}x, same freeze policy).",
+                  f"CAV pass: {throughput['cav_images_per_s']:.0f} images/s vs inference "
+                  f"{throughput['inference_images_per_s']:.0f} images/s (ratio {throughput['ratio']:.2f})."]
     return "\n".join(lines) + "\n"
 
 
@@ -322,9 +331,11 @@ def main(argv=None) -> dict:
                 "per_seed": [{key: value for key, value in seed.items()
                               if key in ("rows", "cav_alignment", "train_artifact_images", "lamb_selection")}
                              for seed in per_seed]})
-    timing = step_times(last["vanilla_model"], last["cav"], last["x"], last["y"], args)
-    throughput = cav_throughput(last["vanilla_model"], last["x"][:2000 if args.quick else 10_000], args.layer,
-                                repeats=1 if args.quick else 3)
+    timing = throughput = None
+    if not args.vanilla_only:
+        timing = step_times(last["vanilla_model"], last["cav"], last["x"], last["y"], args)
+        throughput = cav_throughput(last["vanilla_model"], last["x"][:2000 if args.quick else 10_000], args.layer,
+                                    repeats=1 if args.quick else 3)
     results.update({"combinations": combinations, "step_time": timing, "cav_throughput": throughput,
                     "seconds": time.time() - started})
     table = markdown(combinations, timing, throughput, len(args.seeds))

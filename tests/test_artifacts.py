@@ -110,9 +110,20 @@ def test_benchmark_runs_every_listed_artifact_and_class():
     assert module.artifact_spec("patch", module.parse_args(["--patch-size", "6"])).size == 6
     assert module.artifact_spec("timestamp", module.parse_args(["--patch-size", "6"])) == ArtifactSpec("timestamp")
     for bad in (["--artifacts", "sticker"], ["--classes", "10"], ["--classes", "0", "0"],
-                ["--artifacts", "timestamp", "--patch-size", "6"]):
+                ["--artifacts", "timestamp", "--patch-size", "6"], ["--vanilla-only", "--lamb-grid", "0"]):
         with pytest.raises(SystemExit):
             module.parse_args(bad)
+    entry = {"mean": 0.5, "std": 0.25, "values": [0.25, 0.75]}
+    rows = {"vanilla": {"clean_accuracy": entry, "attacked_accuracy": entry, "attack_drop": entry,
+                        "tcav_pooled_sensitivity": {"mean": 0.0123, "std": 0.0, "values": [0.0123] * 2}}}
+    combinations = [{"artifact": kind, "target_class": 3, "summary": {"accuracy": rows, "cav_alignment": {}}}
+                    for kind in ("timestamp", "hidden_bits")]
+    table = module.markdown(combinations, None, None, n_seeds=2).splitlines()
+    assert table[0] == ("| artifact | class | method (2 seeds) | clean acc. | attacked acc. | gap | "
+                        "TCAV sensitivity (pooled) |")
+    assert table[2:4] == ["| timestamp | 3 | vanilla | 50.0 ± 25.0 | 50.0 ± 25.0 | 50.0 ± 25.0 | 1.23e-02 |",
+                          "| hidden_bits | 3 | vanilla | 50.0 ± 25.0 | 50.0 ± 25.0 | 50.0 ± 25.0 | 1.23e-02 |"]
+    assert not any("Step time" in line for line in table)  # --vanilla-only: no timing
 
 
 def test_artifacts_draw_what_they_promise():
