@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import warnings
 from dataclasses import dataclass, field
 
 import datasets
@@ -116,7 +117,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         dataset = datasets.DatasetDict()
         for split, folder in (("train", data_args.train_dir), ("validation", data_args.validation_dir)):
             if folder is not None:
-                dataset[split] = load_image_dataset(folder, split_column="none", **columns)["train"]
+                with warnings.catch_warnings():  # each folder is one split: "no split information" is expected
+                    warnings.filterwarnings("ignore", message=".*has no split information")
+                    dataset[split] = load_image_dataset(folder, split_column="none", **columns)["train"]
     if "validation" not in dataset and "train" in dataset and data_args.train_val_split:
         split = dataset["train"].train_test_split(data_args.train_val_split, seed=training_args.seed)
         dataset["train"], dataset["validation"] = split["train"], split["test"]

@@ -44,7 +44,7 @@ def test_demo_quick_writes_report_and_compares_both_models(tmp_path, capsys):
         card = (tmp_path / folder / "README.md").read_text()
         assert "![before vs after](report.png)" in card and "before (vanilla, same recipe)" in card
         assert isinstance(load_model(tmp_path / folder), __import__("hf_debias").DebiasModel)
-    assert 0.0 <= artifact_rows["RR-ClArC"]["tcav_score"] <= 1.0 and "| test | tcav sensitivity |" in card
+    assert 0.0 <= artifact_rows["RR-ClArC"]["tcav_score"] <= 1.0 and "| test | tcav pooled sensitivity |" in card
 
 
 def test_cli_demo_quick(tmp_path):
@@ -60,7 +60,157 @@ def test_cli_layers_lists_shapes(capsys):
 
 def test_cli_layers_bad_model_is_a_clear_error(capsys):
     assert main(["layers", "resnet1800"]) == 2
-    assert "neither a timm model name" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.startswith("hf-debias: error: 'resnet1800' is neither a timm model name") and err.count("\n") == 1
+
+
+def test_cli_layers_builds_a_vit_at_the_input_size(capsys):
+    # test_vit is built for 160 px in patches of 16; at 96 px it has 6 x 6 = 36 patch tokens plus the class token
+    assert main(["layers", "test_vit", "--input-size", "3", "96", "96", "--features-only"]) == 0
+    out = capsys.readouterr().out
+    assert "input 3x96x96" in out and "* blocks.0" in out and "37x" in out
+    assert main(["layers", "vit_tiny_patch16_224", "--input-size", "3", "96", "64"]) == 2  # not square: no img_size
+    err = capsys.readouterr().err  # timm's own size check, as one line
+    assert err.startswith("hf-debias: error: AssertionError: Input height (96) doesn't match model (224)")
+    assert err.count("\n") == 1
+
+
+def test_cli_layers_default_input_size_of_a_transformers_model(tmp_path, capsys):
+    from transformers import ViTConfig, ViTForImageClassification
+
+    ViTForImageClassification(ViTConfig(image_size=16, patch_size=8, num_hidden_layers=1, hidden_size=32,
+                                        num_attention_heads=2, intermediate_size=37)).save_pretrained(tmp_path)
+    assert main(["layers", str(tmp_path)]) == 0
+    assert "input 3x16x16" in capsys.readouterr().out
+
+
+def _fail_with(monkeypatch, error: Exception | None = None, call=None):
+    """Make `hf-debias layers` raise ``error`` (or run ``call``) instead of building a model."""
+    from hf_debias.cli import layers
+
+    def run(args):
+        if call is not None:
+            call()
+        raise error
+
+    monkeypatch.setattr(layers, "run", run)
+
+
+@pytest.mark.parametrize("error, line", [
+    (ValueError("bad column 'y'"), "hf-debias: error: bad column 'y'"),
+    (FileNotFoundError("[Errno 2] No such file or directory: 'x.csv'"),
+     "hf-debias: error: [Errno 2] No such file or directory: 'x.csv'"),
+    (KeyError("image"), "hf-debias: error: KeyError: 'image' (--debug shows the traceback)"),
+    (OSError("We couldn't connect to\n'https://huggingface.co'"),
+     "hf-debias: error: We couldn't connect to 'https://huggingface.co'"),
+])
+def test_user_errors_are_one_line_on_stderr_and_exit_2(monkeypatch, capsys, error, line):
+    _fail_with(monkeypatch, error)
+    assert main(["layers", "resnet18"]) == 2
+    captured = capsys.readouterr()
+    assert captured.err == line + "\n" and captured.out == ""
+    for argv in (["--debug", "layers", "resnet18"], ["layers", "resnet18", "--debug"]):  # the traceback instead
+        with pytest.raises(type(error)):
+            main(argv)
+
+
+def test_errors_from_inside_the_libraries_are_user_errors(monkeypatch, capsys):
+    import timm
+
+    _fail_with(monkeypatch, call=lambda: timm.create_model("no_such_model"))  # timm: RuntimeError("Unknown model")
+    assert main(["layers", "x"]) == 2
+    assert capsys.readouterr().err == ("hf-debias: error: RuntimeError: Unknown model (no_such_model) "
+                                       "(--debug shows the traceback)\n")
+
+
+def test_a_bug_in_our_code_keeps_its_traceback(monkeypatch):
+    from hf_debias.cli import is_user_error
+
+    _fail_with(monkeypatch, AssertionError("internal invariant"))
+    with pytest.raises(AssertionError, match="internal invariant"):
+        main(["layers", "resnet18"])
+    assert not is_user_error(TypeError("unexpected keyword")) and not is_user_error(RuntimeError("ours"))
+
+
+def test_a_dataset_error_is_one_line(tmp_path, capsys):
+    assert main(["cav", "simple_convnet", "--dataset", str(tmp_path / "missing" / "folder"), "--output-dir",
+                 str(tmp_path / "cav"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("hf-debias: error: ") and err.count("\n") == 1 and "missing" in err
+
+
+def test_a_bare_debug_after_train_is_ours_and_debug_with_a_value_is_the_trainers():
+    from hf_debias.cli import _split_train_arguments
+
+    assert _split_train_arguments(["train", "--output_dir", "o", "--debug"]) == (["train", "--", "--output_dir", "o"],
+                                                                                True)
+    assert _split_train_arguments(["--debug", "train", "--debug", "--max_steps", "1"]) == (
+        ["--debug", "train", "--", "--max_steps", "1"], True)
+    assert _split_train_arguments(["train", "--debug", "underflow_overflow"]) == (
+        ["train", "--", "--debug", "underflow_overflow"], False)
+    assert _split_train_arguments(["layers", "resnet18", "--debug"]) == (["layers", "resnet18", "--debug"], False)
+
+
+def _commands():
+    parser = build_parser()
+    subparsers = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
+    return {name: sub for name, sub in subparsers.choices.items() if name != "train"}
+
+
+def test_every_option_takes_both_spellings():
+    from hf_debias.cli._parsing import other_spelling
+
+    for name, sub in _commands().items():
+        for action in sub._actions:
+            for option in action.option_strings:
+                alias = other_spelling(option)
+                if alias is not None:
+                    assert sub.declared_spelling([alias, "x"]) == [option, "x"], f"hf-debias {name} {alias}"
+                    assert sub.declared_spelling([f"{alias}=1"]) == [f"{option}=1"]
+    parser = build_parser()
+    dashes = parser.parse_args(["cav", "m", "--output-dir", "o", "--only-class", "0", "--max-samples", "3",
+                                "--no-progress", "--validation-fraction", "0.5"])
+    underscores = parser.parse_args(["cav", "m", "--output_dir", "o", "--only_class", "0", "--max_samples", "3",
+                                     "--no_progress", "--validation_fraction", "0.5"])
+    assert vars(dashes) == vars(underscores) and dashes.only_class == 0 and dashes.validation_fraction == 0.5
+    assert parser.parse_args(["demo", "--no_normalize_forward", "--n_train", "5"]).normalize_forward is False
+    assert parser.parse_args(["demo", "--no-normalize-forward", "--n-train=5"]).n_train == 5
+    assert parser.parse_args(["demo", "--normalize_forward"]).normalize_forward is True
+
+
+def test_every_command_shows_its_defaults():
+    commands = _commands()
+    cav_help = commands["cav"].format_help()
+    for shown in ("(default: train)", "(default: signal)", "(default: auto)", "(default: 0.1)", "(default: 64)"):
+        assert shown in cav_help
+    assert "(default: None)" not in cav_help and "(default: False)" not in cav_help  # nothing said is better
+    assert "(default: 0.99)" in commands["demo"].format_help()
+    assert "(default: True)" in commands["demo"].format_help()  # --normalize-forward / --no-normalize-forward
+
+
+def test_the_cav_command_offers_the_librarys_choices():
+    from hf_debias.cav.fitting import CAV_METHODS
+    from hf_debias.cav.pooling import POOLING_CHOICES
+    from hf_debias.cli import cav
+
+    assert cav.CAV_METHODS == CAV_METHODS and cav.POOLING_CHOICES == POOLING_CHOICES
+
+
+def test_building_the_parsers_imports_no_heavy_library():
+    # hf_debias/__init__.py itself is left out (a stub package stands in for it): this checks the command line's
+    # own modules, which `--help` imports.
+    code = (
+        "import importlib.util, sys, types\n"
+        "spec = importlib.util.find_spec('hf_debias')\n"
+        "package = types.ModuleType('hf_debias')\n"
+        "package.__path__ = list(spec.submodule_search_locations)\n"
+        "package.__version__ = '0'\n"
+        "sys.modules['hf_debias'] = package\n"
+        "from hf_debias.cli import build_parser\n"
+        "build_parser().format_help()\n"
+        "print(','.join(m for m in ('torch', 'timm', 'transformers', 'datasets') if m in sys.modules))\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == ""
 
 
 def test_every_option_has_help():
@@ -151,25 +301,34 @@ def test_cli_train_help_documents_every_option():
     for action in parser._actions:
         if action.dest in ours:
             assert action.help, f"--{action.dest} has no help"
+    from hf_debias import available_methods
+    from hf_debias.functional.rr_clarc import GRADIENT_TARGETS
+
     result = subprocess.run([sys.executable, "-m", "hf_debias.cli", "train", "--help"], capture_output=True,
                             text=True, check=True)
-    assert "--debias {none,aclarc,end,pclarc,rrclarc}" in result.stdout and "--end_alpha" in result.stdout
-    assert "--rrclarc_gradient_target {random_signs,all_logits,class,true_label,max_logit,mean_log_prob}" in \
-        result.stdout
+    assert f"--debias {{{','.join(['none', *available_methods()])}}}" in result.stdout
+    assert "--end_alpha" in result.stdout
+    assert f"--rrclarc_gradient_target {{{','.join(GRADIENT_TARGETS)}}}" in result.stdout
+    position = 0  # the model, data and debias options come before the Trainer's
+    for marker in ("--model_name_or_path MODEL_NAME_OR_PATH", "--dataset DATASET", "--debias {", "--end_alpha",
+                   "--learning_rate LEARNING_RATE"):
+        position = result.stdout.index(marker, position)
 
 
 def test_rr_clarc_benchmark_quick_mode(tmp_path):
     results = load_benchmark("rr_clarc_artifact").main(["--quick", "--output", str(tmp_path / "rr.json"),
                                                         "--lamb-grid", "0", "1000"])
-    selection = results["per_seed"][0]["lamb_selection"]
+    [combination] = results["combinations"]  # --quick: the patch on class 0
+    assert (combination["artifact"], combination["target_class"]) == ("patch", 0)
+    selection = combination["per_seed"][0]["lamb_selection"]
     assert set(selection["scores"]) == {"0", "1000"} and selection["chosen_lamb"] in (0.0, 1000.0)
     assert selection["scores"][f"{selection['chosen_lamb']:g}"] == max(selection["scores"].values())
-    rows = results["summary"]["accuracy"]
+    rows = combination["summary"]["accuracy"]
     assert set(rows) == {"vanilla", "no-shortcut reference", "λ=0 control", "P-ClArC", "A-ClArC", "RR-ClArC"}
     assert all(0.0 <= row["attacked_accuracy"]["mean"] <= 1.0 for row in rows.values())
-    assert set(results["summary"]["cav_alignment"]) == {"signal", "svm", "ridge", "lasso", "logistic"}
+    assert set(combination["summary"]["cav_alignment"]) == {"signal", "svm", "ridge", "lasso", "logistic"}
     assert results["step_time"]["ratio"] > 0 and results["cav_throughput"]["ratio"] > 0
-    assert "| RR-ClArC |" in (tmp_path / "rr.md").read_text()
+    assert "| patch | 0 | RR-ClArC |" in (tmp_path / "rr.md").read_text()
 
 
 def test_speed_benchmarks_quick_modes(tmp_path):
@@ -263,3 +422,52 @@ def test_distributed_benchmark_quick_mode(tmp_path, monkeypatch):
     results = load_benchmark("end_distributed").main(["--quick", "--output", str(tmp_path / "d.json")])
     assert results["step_time"]["gathered_ms"] > 0 and results["step_time"]["per_process_ms"] > 0
     assert json.loads((tmp_path / "d.json").read_text())["step_time"]["ratio"] == results["step_time"]["ratio"]
+
+
+def _load_example(name):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "examples" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+EXAMPLE_FAST = ["--do_train", "--do_eval", "--max_steps", "2", "--per_device_train_batch_size", "4",
+                "--per_device_eval_batch_size", "8", "--use_cpu", "true", "--report_to", "none", "--disable_tqdm",
+                "true", "--save_strategy", "no", "--logging_steps", "1"]
+
+
+def test_run_image_classification_example_with_a_timm_model_and_a_bias_csv(tmp_path):
+    import image_layouts as layouts
+
+    folder = layouts.write_class_folders(tmp_path / "data")
+    metrics = _load_example("run_image_classification").main([
+        "--dataset_name", str(folder), "--bias_csv", str(folder / layouts.BIAS_CSV_NAME), "--model_name_or_path",
+        "simple_convnet", "--output_dir", str(tmp_path / "out"), "--debias", "end", *EXAMPLE_FAST])
+    validation = sum(layouts.CLASS_FOLDER_COUNTS["val"].values())
+    assert sum(metrics[key] for key in metrics if key.endswith("_count") and key.startswith("eval_group_")) == \
+        validation  # evaluated on the validation split, every image in one (class, bias) group
+    assert 0.0 <= metrics["eval_worst_group_accuracy"] <= metrics["eval_accuracy"] <= 1.0
+    state = json.loads((tmp_path / "out" / "trainer_state.json").read_text())
+    assert state["global_step"] == 2 and "end_r_ortho" in state["log_history"][0]  # the EnD penalty trained
+    config = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert config["label_names"] == ["bird", "cat", "dog"]
+    assert json.loads((tmp_path / "out" / "debias_config.json").read_text())["debias_method"] == "end"
+
+
+def test_run_image_classification_example_with_a_transformers_model_and_train_dir(tmp_path):
+    import image_layouts as layouts
+    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
+
+    model_dir = tmp_path / "tiny-vit"
+    ViTForImageClassification(ViTConfig(image_size=16, patch_size=8, num_hidden_layers=1, hidden_size=32,
+                                        num_attention_heads=2, intermediate_size=37)).save_pretrained(model_dir)
+    ViTImageProcessor(size={"height": 16, "width": 16}).save_pretrained(model_dir)
+    folder = layouts.write_class_folders(tmp_path / "data", bias_csv=False)
+    metrics = _load_example("run_image_classification").main([
+        "--train_dir", str(folder / "train"), "--validation_dir", str(folder / "test"), "--model_name_or_path",
+        str(model_dir), "--output_dir", str(tmp_path / "out"), "--debias", "none", *EXAMPLE_FAST])
+    assert 0.0 <= metrics["eval_accuracy"] <= 1.0
+    config = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert config["id2label"] == {"0": "bird", "1": "cat", "2": "dog"}
+    assert (tmp_path / "out" / "preprocessor_config.json").is_file()  # the image processor is saved with it

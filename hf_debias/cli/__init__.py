@@ -8,11 +8,12 @@ Building the parsers imports neither torch nor transformers nor datasets: each c
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
 from . import cav, demo, layers, train
-from ._parsing import HelpFormatter, add_spelling_aliases
+from ._parsing import ArgumentParser, HelpFormatter
 
 COMMANDS = (demo, layers, cav, train)
 
@@ -27,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The top-level parser with one sub-parser per command."""
     from .. import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(  # its sub-parsers take --foo-bar and --foo_bar alike
         prog="hf-debias",
         description="Remove known biases from timm / Hugging Face image classifiers while fine-tuning.\n"
                     "Every option may be spelled with dashes or underscores (--output-dir or --output_dir).",
@@ -40,7 +41,6 @@ def build_parser() -> argparse.ArgumentParser:
         sub = command.add_parser(subparsers)
         if command is not train:  # `train` passes every flag on to HfArgumentParser (see main)
             sub.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP)
-            add_spelling_aliases(sub)
     return parser
 
 
@@ -59,7 +59,8 @@ def main(argv: Sequence[str] | None = None) -> int:
       in our own code): it keeps Python's traceback and exit status 1, so that it can be reported.
     - ``--debug`` (before or after the command; for ``train`` a bare ``--debug``, since ``--debug VALUE`` is the
       Trainer's own option) re-raises user errors too, with their traceback.
-    - Bad flags are argparse's usual usage message and exit status 2; Ctrl-C returns 130.
+    - Bad flags are argparse's usual usage message and exit status 2; Ctrl-C returns 130; a closed output
+      pipe (``| head``) returns 1 quietly.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     argv, debug = _split_train_arguments(argv)
@@ -70,6 +71,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("hf-debias: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the output went to a pipe that closed early (`| head`): nothing to report
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so that the exit's flush does not fail
+        return 1
     except Exception as error:
         if debug or not is_user_error(error):
             raise

@@ -4,6 +4,7 @@ option (``--output-dir`` and ``--output_dir``), as ``HfArgumentParser`` accepts 
 from __future__ import annotations
 
 import argparse
+import sys
 import textwrap
 
 
@@ -37,11 +38,25 @@ def other_spelling(option: str) -> str | None:
     return None if swapped == name else f"--{swapped}"
 
 
-def add_spelling_aliases(parser: argparse.ArgumentParser) -> None:
-    """Let every long option of ``parser`` be given with dashes or underscores. The alias parses exactly like the
-    option; the help lists one spelling (``--help`` says both work)."""
-    for action in parser._actions:
-        for option in list(action.option_strings):
-            alias = other_spelling(option)
-            if alias is not None and alias not in parser._option_string_actions:
-                parser._option_string_actions[alias] = action
+class ArgumentParser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` (and so its sub-parsers) that reads ``--foo_bar`` as ``--foo-bar`` and back.
+
+    The token is rewritten to the spelling the option was declared with before parsing, so actions that look at
+    the spelling (``--no-x`` of ``BooleanOptionalAction``) see their own; the help lists one spelling."""
+
+    def parse_known_args(self, args=None, namespace=None):
+        args = sys.argv[1:] if args is None else list(args)
+        return super().parse_known_args(self.declared_spelling(args), namespace)
+
+    def declared_spelling(self, args: list[str]) -> list[str]:
+        """``args`` with every long option this parser does not know, but knows in the other spelling, rewritten
+        (``--opt_name=value`` too); nothing after a bare ``--``."""
+        out = []
+        for index, token in enumerate(args):
+            if token == "--":
+                return out + args[index:]
+            name, equals, value = token.partition("=")
+            alias = other_spelling(name) if name not in self._option_string_actions else None
+            out.append(alias + equals + value if alias in self._option_string_actions else token)
+        return out
+
