@@ -122,10 +122,21 @@ def test_compute_cav_streams_and_equals_the_cav_fitted_on_collected_activations(
 def test_compute_cav_holds_out_samples_for_the_auc():
     model = small_convnet()
     x, t = images_with_concept(n=300)
+    held_with, held_without = _expected_held_out(t, every=5)
     cav = compute_cav(model, "stages.0", (x, t), validation_fraction=0.2, progress=False)
-    assert cav.num_samples == 240 and cav.quality["auc"] > 0.95
+    assert cav.num_samples == 300 - held_with - held_without and cav.quality["auc"] > 0.95
+    assert (cav.quality["held_out_with"], cav.quality["held_out_without"]) == (held_with, held_without)
+    assert 40 <= held_with + held_without <= 80  # about a fifth
     svm = compute_cav(model, "stages.0", (x, t), method="svm", validation_fraction=0.2, progress=False)
-    assert svm.num_samples == 240 and svm.quality["auc"] > 0.95
+    assert svm.num_samples == cav.num_samples and svm.quality["auc"] > 0.95
+
+
+def _expected_held_out(concept: torch.Tensor, every: int) -> tuple[int, int]:
+    """How many samples with / without the concept ``compute_cav`` holds out (``held_out_mask`` by index)."""
+    from hf_debias.cav.compute import held_out_mask
+
+    held = concept[held_out_mask(torch.arange(concept.numel()), every)]
+    return int((held == 1).sum()), int((held == 0).sum())
 
 
 def test_streaming_cav_memory_does_not_grow_with_the_number_of_samples():
@@ -234,18 +245,24 @@ def test_the_auc_comes_with_its_held_out_counts_and_a_warning_when_small():
     from hf_debias.cav import MIN_AUC_SAMPLES_PER_VALUE, describe_auc
 
     model = small_convnet()
-    x, t = images_with_concept(n=48)  # every 10th held out: 5 images, 2 with the concept (index 0, 30), 3 without
-    with pytest.warns(UserWarning, match="rests on 2 held-out images with the concept and 3 without; below 20"):
+    x, t = images_with_concept(n=48)  # one in 10 held out: a handful of images
+    held_with, held_without = _expected_held_out(t, every=10)
+    assert 0 < held_with < 20 and 0 < held_without < 20
+    with pytest.warns(UserWarning, match=f"rests on {held_with} held-out images with the concept and {held_without} "
+                                         "without; below 20"):
         cav = compute_cav(model, "stages.0", (x, t), validation_fraction=0.1, progress=False)
-    assert (cav.quality["held_out_with"], cav.quality["held_out_without"]) == (2, 3)
-    assert describe_auc(cav.quality) == (f"auc={cav.quality['auc']:.3f} on 5 held-out images (2 with, 3 without); "
-                                         "too few to mean anything")
+    assert (cav.quality["held_out_with"], cav.quality["held_out_without"]) == (held_with, held_without)
+    assert describe_auc(cav.quality) == (f"auc={cav.quality['auc']:.3f} on {held_with + held_without} held-out "
+                                         f"images ({held_with} with, {held_without} without); too few to mean anything")
     assert MIN_AUC_SAMPLES_PER_VALUE == 20
-    x, t = images_with_concept(n=600)  # 60 held out: 20 with, 40 without
+    x, t = images_with_concept(n=800)
+    held_with, held_without = _expected_held_out(t, every=10)
+    assert held_with >= 20 and held_without >= 20
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         big = compute_cav(model, "stages.0", (x, t), validation_fraction=0.1, progress=False)
-    assert describe_auc(big.quality) == f"auc={big.quality['auc']:.3f} on 60 held-out images (20 with, 40 without)"
+    assert describe_auc(big.quality) == (f"auc={big.quality['auc']:.3f} on {held_with + held_without} held-out "
+                                         f"images ({held_with} with, {held_without} without)")
 
 
 def test_a_one_valued_held_out_set_says_no_auc_instead_of_nothing():
@@ -290,18 +307,41 @@ def test_cli_cav_says_which_pooling_it_used_and_what_the_auc_rests_on(tmp_path, 
             Image.fromarray(pixels).save(tmp_path / folder / f"{index}.png")
     common = ["--concept-dir", str(tmp_path / "with"), "--clean-dir", str(tmp_path / "without"),
               "--validation-fraction", "0.25", "--no-progress"]
-    with pytest.warns(UserWarning, match="rests on 3 held-out images with the concept and 3 without"):
+    with pytest.warns(UserWarning, match=r"rests on \d+ held-out images with the concept and \d+ without") as caught:
         assert main(["cav", "simple_convnet", "--layer", "stages.3", "--output-dir", str(tmp_path / "a"),
                      *common]) == 0
+    held_with, held_without = map(int, re.search(r"rests on (\d+) held-out images with the concept and (\d+) without",
+                                                  str(caught[-1].message)).groups())
     out = capsys.readouterr().out
     assert ("pooling: mean (the logits' gradient is the same at every position of 'stages.3', so the model reads it "
             "through global average pooling)") in out
-    assert re.search(r"concept detection: auc=[01]\.\d{3} on 6 held-out images \(3 with, 3 without\); too few to "
-                     "mean anything", out)
+    assert re.search(rf"concept detection: auc=[01]\.\d{{3}} on {held_with + held_without} held-out images "
+                     rf"\({held_with} with, {held_without} without\); too few to mean anything", out)
     saved = CAV.from_pretrained(tmp_path / "a")
-    assert saved.pooling == "mean" and saved.quality["held_out_with"] == 3 and "global average" in \
+    assert saved.pooling == "mean" and saved.quality["held_out_with"] == held_with and "global average" in \
         saved.fit_params["pooling_reason"]
     with pytest.warns(UserWarning):
         assert main(["cav", "simple_convnet", "--layer", "stages.3", "--pooling", "max", "--output-dir",
                      str(tmp_path / "b"), *common]) == 0
     assert "pooling: max (as requested)" in capsys.readouterr().out
+
+
+def test_the_held_out_share_takes_both_concept_values_when_labels_alternate():
+    # index % k would hold out only even indices: with labels arange(n) % 2 that is one concept value, no AUC.
+    model = timm.create_model("simple_convnet", pretrained=False, num_classes=3)
+    pixel_values = torch.randn(200, 3, 16, 16)
+    concept = torch.arange(200) % 2
+    pixel_values[concept == 1, :, :4, :4] = 3.0
+    cav = compute_cav(model, "stages.3", (pixel_values, concept), validation_fraction=0.5, progress=False)
+    assert cav.quality["held_out_with"] > 20 and cav.quality["held_out_without"] > 20
+    assert 80 <= cav.quality["held_out_with"] + cav.quality["held_out_without"] <= 120  # about half
+    assert cav.quality["auc"] is not None
+
+
+def test_held_out_mask_is_a_fixed_share_independent_of_batching():
+    from hf_debias.cav.compute import held_out_mask
+
+    index = torch.arange(10_000)
+    whole = held_out_mask(index, 10)
+    assert torch.equal(torch.cat([held_out_mask(part, 10) for part in index.split(37)]), whole)
+    assert 900 <= int(whole.sum()) <= 1100

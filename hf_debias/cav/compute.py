@@ -12,6 +12,7 @@ import warnings
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
@@ -27,6 +28,19 @@ from .pooling import AUTO, POOLING_CHOICES, POOLINGS, PoolingChoice, auto_poolin
 
 
 @torch.no_grad()
+def held_out_mask(index: torch.Tensor, every: int) -> torch.Tensor:
+    """Which samples (by their index in the data) are held out for the AUC: a fixed pseudo-random one in ``every``.
+
+    A hash of the index (splitmix64), not ``index % every``: the choice is the same on any number of processes and
+    in any batch order, and it does not follow a periodic pattern in the data (concept labels that alternate, as
+    in ``arange(n) % 2``, held out only one concept value with ``index % 2``)."""
+    x = index.cpu().numpy().astype(np.uint64) + np.uint64(0x9E3779B97F4A7C15)
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    x ^= x >> np.uint64(31)
+    return torch.from_numpy(x % np.uint64(every) == 0).to(index.device)
+
+
 def compute_cav(model: nn.Module, layer: str | None, data: Any, *, concept: str | None = None,
                 method: str = "signal", pooling: str = AUTO, concept_column: str = "concept",
                 batch_size: int = 64, device: str | torch.device | None = None,
@@ -49,7 +63,8 @@ def compute_cav(model: nn.Module, layer: str | None, data: Any, *, concept: str 
             timm's ``global_pool`` or a transformers pooler, where a mean-pooled CAV is the direction the head
             sees), ``cls`` when only the class token reaches the head, else ``max`` (the paper's choice). The
             choice and its reason are recorded in ``cav.fit_params["pooling_reason"]``.
-        validation_fraction: every k-th sample (k = 1 / fraction) is held out, up to ``max_validation_samples``,
+        validation_fraction: a fixed pseudo-random share (one in round(1 / fraction), by sample index; see
+            ``held_out_mask``) is held out, up to ``max_validation_samples``,
             to measure the concept-detection AUC (``cav.quality``: ``auc`` and the ``held_out_with`` /
             ``held_out_without`` counts it rests on; see ``hf_debias.cav.describe_auc``). It warns when fewer than
             ``MIN_AUC_SAMPLES_PER_VALUE`` (20) of either kind were held out, and when only one kind was (no AUC);
@@ -104,7 +119,7 @@ def compute_cav(model: nn.Module, layer: str | None, data: Any, *, concept: str 
                 raise RuntimeError(f"Layer {ref.spec!r} did not run during the forward pass.")
             pooled = pool_activation(hook.activation, pooling).float().cpu()
             seen += labels.numel()
-            take = (index % every == 0) if every else torch.zeros_like(index, dtype=torch.bool)
+            take = held_out_mask(index, every) if every else torch.zeros_like(index, dtype=torch.bool)
             if held + int(take.sum()) > max_validation_samples:
                 take &= torch.cumsum(take.long(), 0) <= max_validation_samples - held
             held += int(take.sum())
