@@ -414,3 +414,29 @@ def test_split_folders_under_other_names(tmp_path):
     with pytest.raises(ValueError, match=r"class folders of .* \(part_a, part_b\) hold no image of their own but the "
                                          r"same sub-folders \(0, 1\): if they are split folders, name them"):
         load_image_dataset(root)
+
+
+@pytest.mark.parametrize("column, value, named", [("y", "nan", "'nan'"), ("y", "NaN", "'NaN'"), ("place", "null", "'null'"),
+                                                  ("y", "0.5", "not integers"), ("place", "1e3", "not integers")])
+def test_missing_markers_and_stray_values_in_label_or_bias_columns_are_errors_not_classes(tmp_path, column, value,
+                                                                                         named):
+    """A CSV 'nan' (what pandas / numpy write for a missing value) or a stray 0.5 in an integer column used to
+    become a class of its own, silently (a third class 'nan' of a binary target)."""
+    folder = write_waterbirds(tmp_path)
+    lines = (folder / "metadata.csv").read_text().splitlines()
+    header = lines[0].split(",")
+    row = lines[4].split(",")
+    row[header.index(column)] = value
+    lines[4] = ",".join(row)
+    (folder / "metadata.csv").write_text("\n".join(lines) + "\n")
+    with pytest.raises(ValueError, match=named) as error:
+        load_image_dataset(folder, label_column="y", bias_label_column="place")
+    assert row[header.index("img_filename")] in str(error.value) and repr(column) in str(error.value)
+
+
+def test_text_classes_are_still_read_as_names(tmp_path):
+    folder = write_waterbirds(tmp_path)
+    text = (folder / "metadata.csv").read_text().replace(",0,/b/", ",land,/b/").replace(",1,/o/", ",water,/o/")
+    (folder / "metadata.csv").write_text(text)
+    result = load_image_dataset(folder, label_column="y", bias_label_column="place")
+    assert result["train"].features["bias_labels"].names == ["land", "water"]

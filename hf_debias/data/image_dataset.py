@@ -39,6 +39,8 @@ TABLE_SUFFIXES = (".csv", ".tsv", ".jsonl", ".parquet")
 CELEBA_ATTRIBUTE_FILES = ("list_attr_celeba.txt", "list_attr_celeba.csv")
 CELEBA_PARTITION_FILES = ("list_eval_partition.txt", "list_eval_partition.csv")
 NO_SPLIT = ("", "none")
+#: Texts that pandas / numpy / R write for a missing value; in a label or bias column they are an error.
+MISSING_MARKERS = ("nan", "NaN", "NAN", "-nan", "null", "NULL", "<NA>", "N/A", "n/a", "#N/A")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 _SHOW = 5  # offenders named in an error message
 _LFS_POINTER = b"version https://git-lfs"
@@ -619,6 +621,11 @@ def _encode(values: Sequence[Any], column: str, where: str, signed: bool = False
     if empty:
         named = [rows[i] if rows is not None else f"row {i + 1}" for i in empty[:_SHOW]]
         raise ValueError(f"{where}: column {column!r} has no value for {len(empty)} images, e.g. {', '.join(named)}.")
+    marked = [i for i, v in enumerate(values) if isinstance(v, str) and v.strip() in MISSING_MARKERS]
+    if marked:  # what pandas / numpy write for a missing value: never a class of its own
+        named = [f"{rows[i] if rows is not None else f'row {i + 1}'} ({values[i].strip()!r})" for i in marked[:_SHOW]]
+        raise ValueError(f"{where}: column {column!r} marks {len(marked)} values as missing, e.g. {', '.join(named)}; "
+                         "give every image a class (or drop those rows).")
     if all(isinstance(v, bool) for v in values):
         return _Labels([int(v) for v in values], ["False", "True"])
     ints = _as_ints(values)
@@ -638,6 +645,12 @@ def _encode(values: Sequence[Any], column: str, where: str, signed: bool = False
             warnings.warn(f"{where}: column {column!r} holds {len(present)} distinct values up to {n_classes - 1}; "
                           f"it is read as {n_classes} classes (ids 0..{n_classes - 1}).", stacklevel=5)
         return _Labels(ints, [str(i) for i in range(n_classes)])
+    numbers = [i for i, v in enumerate(values) if _as_ints([v]) is not None]
+    if len(numbers) * 2 >= len(values):  # integer class ids with a few stray values (0.5, 1e3, 'x')
+        stray = [i for i, v in enumerate(values) if _as_ints([v]) is None]
+        named = [f"{rows[i] if rows is not None else f'row {i + 1}'} ({values[i]!r})" for i in stray[:_SHOW]]
+        raise ValueError(f"{where}: column {column!r} holds integer class ids, but {len(stray)} values are not "
+                         f"integers, e.g. {', '.join(named)}.")
     text = [str(v).strip() for v in values]
     names = sorted(set(text))
     index = {name: i for i, name in enumerate(names)}
