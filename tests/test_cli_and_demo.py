@@ -381,8 +381,10 @@ def test_cli_cav_from_two_folders_and_from_the_builtin_benchmark(tmp_path, capsy
                  "--clean-dir", str(tmp_path / "without"), "--concept", "bright corner", "--validation-fraction",
                  "0.25", "--output-dir", str(tmp_path / "cav"), "--no-progress"]) == 0
     cav = CAV.from_pretrained(tmp_path / "cav")
-    assert (cav.concept, cav.layer, cav.num_samples, cav.base_model_name_or_path) == (
-        "bright corner", "stages.1", 18, "simple_convnet")
+    held_out = cav.quality["held_out_with"] + cav.quality["held_out_without"]
+    assert (cav.concept, cav.layer, cav.num_samples + held_out, cav.base_model_name_or_path) == (
+        "bright corner", "stages.1", 24, "simple_convnet")
+    assert 0 < held_out < 12  # about a quarter of the 24 images
     assert cav.quality["auc"] == 1.0
     import torch
     from hub_cache import FakeHub, offline_cache

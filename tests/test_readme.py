@@ -117,3 +117,35 @@ def test_the_debias_choices_in_the_readme_are_the_registry():
     choices = "{" + ",".join(["none", *available_methods()]) + "}"
     named = re.findall(r"--debias \{[^}]*\}", README.read_text())
     assert named and set(named) == {f"--debias {choices}"}
+
+
+def test_every_promise_names_tests_that_exist():
+    """The README's Promises section cites its tests as ``file.py::Class::test``, ``Class::test`` (in
+    test_adversarial.py) or ``::test`` (the previous reference's file and class); each must exist, so a promise
+    cannot outlive the test that checks it."""
+    text = README.read_text()
+    promises = text[text.index("#### Promises"):]
+    promises = promises[:promises.index("\n#", 1)]
+    cited = re.findall(r"\*\(([^)]*)\)\*", promises.replace("\n", " "))
+    assert len(cited) >= 8
+    tests = Path(__file__).parent
+    checked = 0
+    for group in cited:
+        file, owner = "test_adversarial.py", None
+        for reference in (part.strip() for part in group.split(",")):
+            parts = reference.split("::")
+            if parts[0].endswith(".py"):
+                file, owner, parts = parts[0], None, parts[1:]
+            elif parts[0]:  # a bare class: the adversarial suite's
+                file, owner, parts = "test_adversarial.py", parts[0], parts[1:]
+            else:
+                parts = parts[1:]
+            if parts and not parts[0].startswith("test_"):
+                owner, parts = parts[0], parts[1:]
+            source = (tests / file).read_text()
+            if owner is not None:
+                assert f"class {owner}" in source, f"{file} has no class {owner}"
+            for name in parts:
+                assert f"def {name}(" in source, f"{file} has no test {name}"
+                checked += 1
+    assert checked >= 15
