@@ -22,6 +22,8 @@ def is_timm_name(name: str) -> bool:
     """True for names that timm resolves itself (registered architectures and ``hf-hub:``/``local-dir:`` ids)."""
     import timm
 
+    from . import models  # noqa: F401  registers hf_debias' own timm architectures (simple_convnet)
+
     if name.startswith(_TIMM_PREFIXES):
         return True
     return timm.is_model(name.split(".")[0])

@@ -181,8 +181,24 @@ def _unknown_eval_split(root):
     return [str(layouts.write_metadata_table(root)), "--eval_split", "valid"], "'valid'"
 
 
+def _nan_label(root):
+    folder = layouts.write_metadata_table(root)
+    _rewrite(folder / "metadata.csv", "images/0003.png,dog,", "images/0003.png,nan,")
+    return [str(folder)], "images/0003.png ('nan')"
+
+
+def _resume_without_checkpoint(root):
+    return [str(layouts.write_metadata_table(root)), "--resume_from_checkpoint", "true"], "holds no checkpoint-N"
+
+
+def _resume_from_missing_folder(root):
+    return [str(layouts.write_metadata_table(root)), "--resume_from_checkpoint", str(root / "checkpoint-9")], \
+        "no such checkpoint folder"
+
+
 @pytest.mark.parametrize("bad", [_bad_split_values, _missing_label_column, _missing_bias_column, _bias_csv_duplicate,
-                                 _celeba_attribute, _path_matches_no_file, _unknown_eval_split],
+                                 _celeba_attribute, _path_matches_no_file, _unknown_eval_split, _nan_label,
+                                 _resume_without_checkpoint, _resume_from_missing_folder],
                          ids=lambda f: f.__name__.strip("_"))
 def test_bad_input_is_one_error_line_and_exit_2(bad, tmp_path, capsys):
     args, named = bad(tmp_path / "data")
@@ -249,3 +265,17 @@ def test_max_samples_draw_a_seeded_random_subset_not_the_first_class_folder(tmp_
     assert len(set(data.train["labels"])) > 1  # the first 6 files are 4 birds and 2 cats
     assert data.train["labels"] == load_data(args, seed=0).train["labels"]
     assert data.bias_names == ["0", "1"] and data.bias_source == "bias_labels"
+
+
+def test_resume_from_checkpoint_true_continues_from_the_newest_checkpoint(tmp_path, caplog):
+    """``--resume_from_checkpoint true`` used to be read as a folder named 'true' (a misleading debias-config
+    error); it means the newest checkpoint-N of --output_dir, as Trainer's resume_from_checkpoint=True."""
+    data = str(layouts.write_metadata_table(tmp_path / "data"))
+    out = tmp_path / "run"
+    fast = [a for a in FAST if a not in ("--save_strategy", "no")]
+    common = ["train", "--dataset", data, "--output_dir", str(out), *fast, "--save_strategy", "steps", "--save_steps", "1"]
+    assert main([*common, "--max_steps", "2"]) == 0
+    assert main([*common, "--max_steps", "3", "--resume_from_checkpoint", "true"]) == 0
+    state = json.loads((out / "trainer_state.json").read_text())
+    assert state["global_step"] == 3
+    assert [e["step"] for e in state["log_history"] if "loss" in e] == [1, 2, 3]  # steps 1-2 came from checkpoint-2

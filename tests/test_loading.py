@@ -159,3 +159,16 @@ def test_image_transform_for_is_one_implementation():
     import hf_debias.loading as loading
 
     assert not hasattr(loading, "image_transform_for")  # it lives in hf_debias.data.transforms only
+
+
+def test_load_classifier_finds_simple_convnet_in_a_fresh_process():
+    """``load_classifier('simple_convnet')`` used to fail as 'neither a timm model name' unless something else had
+    imported ``hf_debias.models`` first (the default model of ``hf-debias train``)."""
+    import subprocess
+    import sys
+
+    code = ("from hf_debias.loading import load_classifier\n"
+            "print(load_classifier('simple_convnet', num_classes=3).num_classes)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().splitlines()[-1] == "3"

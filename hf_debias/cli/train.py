@@ -259,7 +259,7 @@ def run_training(model_args: ModelArguments, data_args: DataArguments, training_
     data.train.set_transform(transform_with(train_transform))
     for split in evaluation.values():
         split.set_transform(transform_with(eval_transform))
-    result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    result = trainer.train(resume_from_checkpoint=resolve_checkpoint(training_args))
     trainer.save_metrics("train", {**result.metrics, "train_samples": len(data.train)})
     trainer.save_state()  # trainer_state.json in output_dir, as in transformers' run_image_classification.py
     metrics = trainer.evaluate() if evaluation else {}
@@ -267,6 +267,27 @@ def run_training(model_args: ModelArguments, data_args: DataArguments, training_
         trainer.save_metrics("eval", metrics)
     trainer.save_model()  # after evaluating, so the card has the metrics; with --push_to_hub also one commit
     return trainer, metrics, data
+
+
+def resolve_checkpoint(training_args) -> str | None:
+    """``--resume_from_checkpoint``: a checkpoint folder, or ``true`` / ``last`` for the newest ``checkpoint-N`` in
+    ``--output_dir`` (Trainer's ``resume_from_checkpoint=True``); a folder that does not exist is an error."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    value = training_args.resume_from_checkpoint
+    if value is None or str(value).strip().lower() in ("", "false", "no", "none"):
+        return None
+    if str(value).strip().lower() in ("true", "yes", "last"):
+        last = get_last_checkpoint(training_args.output_dir) if Path(training_args.output_dir).is_dir() else None
+        if last is None:
+            raise FileNotFoundError(f"--resume_from_checkpoint {value}: --output_dir {training_args.output_dir} "
+                                    "holds no checkpoint-N folder to resume from.")
+        logger.info("Resuming from %s (the newest checkpoint in --output_dir).", last)
+        return last
+    if not Path(value).is_dir():
+        raise FileNotFoundError(f"--resume_from_checkpoint {value}: no such checkpoint folder (pass a checkpoint-N "
+                                "folder, or 'true' for the newest one in --output_dir).")
+    return str(value)
 
 
 def split_metrics(metrics: dict[str, float], split_names: Sequence[str]) -> dict[str, dict[str, object]]:
