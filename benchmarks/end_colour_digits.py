@@ -1,17 +1,27 @@
-"""EnD vs vanilla on Colour-Digits (the Biased-MNIST protocol, EnD paper Table 1), for both forward modes.
+"""EnD vs vanilla on Colour-Digits (the Biased-MNIST protocol, EnD paper Table 1), for each forward form.
+
+The forms of ``EnDConfig.normalize_forward`` are methods ``end_nf_true`` (``"always"``: normalised in every
+forward, guarded repo), ``end_nf_false`` (``"never"``: penalty only) and ``end_nf_train`` (``"train"``: normalised
+training forward, zero head bias, plain deployed network); ``--forms train,always,never`` picks them by name.
 
 For every rho:
 1. selection: each (alpha, beta) of the grid is trained once with a selection seed that is not among the
-   reported seeds, for each ``normalize_forward`` setting, and scored on the *validation* split, which is drawn
+   reported seeds, for each form, and scored on the *validation* split, which is drawn
    from the training distribution (same rho). The score is the validation unbiased accuracy (mean accuracy
    over the (digit, colour) groups present). The unbiased test split is never used for selection.
+   ``--selection-from RESULTS.json`` skips this step and takes each form's (alpha, beta) from an earlier run's
+   validation selection (``train`` takes ``always``'s when the file has none of its own: same training network).
 2. report: vanilla and the two selected EnD settings are trained with every reported seed (data and init
-   seeds both vary) and evaluated on the unbiased and biased test splits.
+   seeds both vary) and evaluated on the unbiased and biased test splits. For ``train`` the deployed (eval-mode,
+   plain) network is scored, and its predictions are compared with those of the training-time normalised network
+   (``train_eval_agreement``, expected 1.0).
 
 Results go to a JSON file and a Markdown table (pasted into BENCHMARKS.md).
 
     python benchmarks/end_colour_digits.py                 # full run (~40 min on 2 CPU cores)
     python benchmarks/end_colour_digits.py --quick         # smoke run (~30 s), used by the tests
+    python benchmarks/end_colour_digits.py --epochs 3 --forms always,train --selection-from
+        benchmarks/results/end_colour_digits.json          # the forms compared with section 1's alpha (BENCHMARKS 1c)
 
 Runs for different rho / methods are independent (selection happens per rho and method), so they can run as
 separate processes (e.g. one per rho and method on one GPU) and be combined afterwards:
@@ -42,7 +52,14 @@ PAPER_END = {0.999: 52.3, 0.997: 83.7, 0.995: 93.9, 0.99: 96.0}
 PAPER_VANILLA = {0.999: 10.4, 0.997: 33.4, 0.995: 72.1, 0.99: 89.1}
 
 
-METHODS = ("vanilla", "end_nf_false", "end_nf_true")
+METHODS = ("vanilla", "end_nf_false", "end_nf_true", "end_nf_train")
+FORM_OF = {"end_nf_false": "never", "end_nf_true": "always", "end_nf_train": "train"}
+METHOD_OF = {form: method for method, form in FORM_OF.items()}
+SELECTION_KEY = {"never": "normalize_forward=False", "always": "normalize_forward=True",
+                 "train": "normalize_forward=train"}
+COLUMN_TITLE = {"vanilla": "vanilla", "end_nf_false": "EnD, never (normalize_forward=False)",
+                "end_nf_true": "EnD, always (normalize_forward=True, guarded)",
+                "end_nf_train": "EnD, train (portable)"}
 
 
 def parse_grid(text: str) -> list[tuple[float, float]]:
@@ -60,11 +77,38 @@ def load_split_tensors(rho: float, seed: int, args) -> dict[str, tuple[torch.Ten
                    torch.from_numpy(split.bias_labels)) for name, split in arrays.items()}
 
 
+@torch.no_grad()
+def training_forward_agreement(model, images: torch.Tensor) -> float:
+    """Share of images whose prediction by the eval-mode (deployed) network equals that of the same network with
+    the head in training mode, i.e. with EnD's ``"train"`` normalisation applied (BatchNorm stays in eval mode)."""
+    deployed = predict(model, images)
+    head = model.method.layer.module
+    try:
+        head.train()
+        normalised = predict_keeping_head_mode(model, images)
+    finally:
+        head.eval()
+    return float((deployed == normalised).mean())
+
+
+def predict_keeping_head_mode(model, images: torch.Tensor, batch_size: int = 1024) -> np.ndarray:
+    """``predict`` without its ``model.eval()`` (which would also put the head back in eval mode)."""
+    from hf_debias.model import logits_of
+
+    parameter = next(model.parameters())
+    outputs = [logits_of(model(images[start:start + batch_size].to(parameter.device))).argmax(dim=1)
+               for start in range(0, images.shape[0], batch_size)]
+    return torch.cat(outputs).cpu().numpy()
+
+
 def train_and_score(data, seed: int, args, end: EnDConfig | None, splits: tuple[str, ...]) -> dict[str, dict]:
     torch.manual_seed(seed)
     model = timm.create_model(args.model, num_classes=10)
     if end is not None:
         model = get_debias_model(model, end)
+        if end.normalize_forward != model.method.config.normalize_forward:
+            raise SystemExit(f"EnD resolved normalize_forward={end.normalize_forward!r} to "
+                             f"{model.method.config.normalize_forward!r}: the benchmark asks for explicit forms.")
     images, labels, bias_labels = data["train"]
     fit_config = FitConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=seed, device=args.device)
     fit(model, images, labels, bias_labels, fit_config, progress=args.progress,
@@ -73,6 +117,8 @@ def train_and_score(data, seed: int, args, end: EnDConfig | None, splits: tuple[
     for split in splits:
         x, y, b = data[split]
         scores[split] = group_accuracy(predict(model, x), y.numpy(), b.numpy(), aligned_bias="identity")
+    if end is not None and end.normalize_forward == "train":
+        scores["train_eval_agreement"] = training_forward_agreement(model, data[splits[0]][0])
     return scores
 
 
@@ -80,69 +126,120 @@ def summary(values: list[float]) -> dict[str, float]:
     return {"mean": float(np.mean(values)), "std": float(np.std(values)), "values": values}
 
 
+def selection_from_file(path: Path, rho: float, form: str) -> dict:
+    """The (alpha, beta) an earlier run chose on validation for ``form`` at ``rho`` (``train``: else ``always``'s)."""
+    entry = json.loads(path.read_text())["rhos"].get(str(rho))
+    if entry is None:
+        raise SystemExit(f"{path}: no rho={rho} (has {sorted(json.loads(path.read_text())['rhos'])}).")
+    for key in (SELECTION_KEY[form], SELECTION_KEY["always"]) if form == "train" else (SELECTION_KEY[form],):
+        if key in entry["selection"]:
+            chosen = entry["selection"][key]["chosen"]
+            return {"from": f"{path.name}: {key}", "chosen": chosen}
+    raise SystemExit(f"{path}: rho={rho} has no selection for {form!r} (has {sorted(entry['selection'])}).")
+
+
 def run(args) -> dict:
     grid = parse_grid(args.grid)
     results = {**header(args), "rhos": {}}
     started = time.time()
+    forms = [FORM_OF[name] for name in args.methods if name in FORM_OF]
     for rho in args.rhos:
-        entry: dict = {"selection": {}, "report": {}}
-        selection_data = load_split_tensors(rho, args.selection_seed, args)
+        entry: dict = {"selection": {}, "report": {}, "runs": {}}
+        results["rhos"][str(rho)] = entry
+        # The selection split is built only when it is used; the conflicting count is the same for every seed.
+        selection_data = load_split_tensors(rho, args.selection_seed if args.selection_from is None
+                                            else args.seeds[0], args)
         entry["train_conflicting"] = int((selection_data["train"][1] != selection_data["train"][2]).sum())
         chosen = {}
-        for normalize_forward in (False, True):
-            if f"end_nf_{str(normalize_forward).lower()}" not in args.methods:
+        for form in forms:
+            if args.selection_from is not None:
+                entry["selection"][SELECTION_KEY[form]] = selection_from_file(args.selection_from, rho, form)
+                chosen[form] = entry["selection"][SELECTION_KEY[form]]["chosen"]
                 continue
             scores = []
             for alpha, beta in grid:
-                config = EnDConfig(alpha=alpha, beta=beta, normalize_forward=normalize_forward)
+                config = EnDConfig(alpha=alpha, beta=beta, normalize_forward=form)
                 score = train_and_score(selection_data, args.selection_seed, args, config, ("validation",))
                 scores.append({"alpha": alpha, "beta": beta,
                                "val_unbiased": score["validation"]["unbiased_accuracy"]})
-                print(f"[select] rho={rho} nf={normalize_forward} alpha={alpha} beta={beta} "
+                print(f"[select] rho={rho} nf={form} alpha={alpha} beta={beta} "
                       f"val_unbiased={scores[-1]['val_unbiased']:.4f}", flush=True)
             best = max(scores, key=lambda s: s["val_unbiased"])
-            chosen[normalize_forward] = best
-            entry["selection"][f"normalize_forward={normalize_forward}"] = {"grid": scores, "chosen": best}
+            chosen[form] = best
+            entry["selection"][SELECTION_KEY[form]] = {"grid": scores, "chosen": best}
 
-        configs = {"vanilla": None, **{f"end_nf_{str(nf).lower()}": EnDConfig(
-            alpha=best["alpha"], beta=best["beta"], normalize_forward=nf) for nf, best in chosen.items()}}
-        runs = {name: [] for name in args.methods}
+        configs = {"vanilla": None, **{METHOD_OF[form]: EnDConfig(
+            alpha=best["alpha"], beta=best["beta"], normalize_forward=form) for form, best in chosen.items()}}
+        runs = entry["runs"] = {name: [] for name in args.methods}
         for seed in args.seeds:
-            data = load_split_tensors(rho, seed, args)
+            data = selection_data if args.selection_from is not None and seed == args.seeds[0] else \
+                load_split_tensors(rho, seed, args)
             for name in args.methods:
                 config = configs[name]
+                run_started = time.time()
                 scores = train_and_score(data, seed, args, config, ("test_unbiased", "test_biased"))
                 runs[name].append({"seed": seed,
                                    "unbiased": scores["test_unbiased"]["accuracy"],
                                    "conflicting": scores["test_unbiased"]["bias_conflicting_accuracy"],
-                                   "biased": scores["test_biased"]["accuracy"]})
+                                   "biased": scores["test_biased"]["accuracy"],
+                                   "seconds": time.time() - run_started})
+                if "train_eval_agreement" in scores:
+                    runs[name][-1]["train_eval_agreement"] = scores["train_eval_agreement"]
                 print(f"[report] rho={rho} {name} seed={seed} unbiased={runs[name][-1]['unbiased']:.4f} "
-                      f"biased={runs[name][-1]['biased']:.4f}", flush=True)
-        for name, rows in runs.items():
-            entry["report"][name] = {metric: summary([row[metric] for row in rows])
-                                     for metric in ("unbiased", "conflicting", "biased")}
-        results["rhos"][str(rho)] = entry
+                      f"biased={runs[name][-1]['biased']:.4f} ({runs[name][-1]['seconds']:.0f} s)"
+                      + (f" train_eval_agreement={scores['train_eval_agreement']:.4f}"
+                         if "train_eval_agreement" in scores else ""), flush=True)
+                summarise(entry)
+                if args.save_partial:  # a long run leaves usable results behind at every step
+                    results["minutes"] = (time.time() - started) / 60
+                    write_json(args.output, results)
     results["minutes"] = (time.time() - started) / 60
     return results
 
 
+def summarise(entry: dict) -> None:
+    """Fill ``entry["report"]`` (mean / std per method and metric) from ``entry["runs"]``."""
+    for name, rows in entry["runs"].items():
+        if not rows:
+            continue
+        metrics = ["unbiased", "conflicting", "biased"] + (
+            ["train_eval_agreement"] if "train_eval_agreement" in rows[0] else [])
+        entry["report"][name] = {metric: summary([row[metric] for row in rows]) for metric in metrics}
+        entry["report"][name]["seeds"] = [row["seed"] for row in rows]
+
+
+def paired_difference(entry: dict, name: str, reference: str) -> dict | None:
+    """Mean / std over the shared seeds of ``name``'s unbiased accuracy minus ``reference``'s (same data, init)."""
+    runs = entry.get("runs", {})
+    if name not in runs or reference not in runs:
+        return None
+    by_seed = {row["seed"]: row["unbiased"] for row in runs[reference]}
+    differences = [row["unbiased"] - by_seed[row["seed"]] for row in runs[name] if row["seed"] in by_seed]
+    return summary(differences) if differences else None
+
+
 def markdown(results: dict) -> str:
-    lines = ["| rho | conflicting train images | vanilla | EnD, normalize_forward=False | EnD, normalize_forward=True "
-             "| paper vanilla | paper EnD |",
-             "|---|---|---|---|---|---|---|"]
+    names = [name for name in METHODS if any(name in entry["report"] for entry in results["rhos"].values())]
+    paired = any(paired_difference(entry, "end_nf_train", "end_nf_true") for entry in results["rhos"].values())
+    titles = [COLUMN_TITLE[name] for name in names] + (["train − always (paired by seed)"] if paired else [])
+    lines = ["| rho | conflicting train images | " + " | ".join(titles) + " | paper vanilla | paper EnD |",
+             "|---|---|" + "---|" * len(titles) + "---|---|"]
     for rho, entry in results["rhos"].items():
         cells = []
-        for name, key in (("vanilla", None), ("end_nf_false", "normalize_forward=False"),
-                          ("end_nf_true", "normalize_forward=True")):
+        for name in names:
             if name not in entry["report"]:
                 cells.append("-")
                 continue
             stats = entry["report"][name]["unbiased"]
             cell = f"{100 * stats['mean']:.1f} ± {100 * stats['std']:.1f}"
-            if key:
-                chosen = entry["selection"][key]["chosen"]
+            if name in FORM_OF:
+                chosen = entry["selection"][SELECTION_KEY[FORM_OF[name]]]["chosen"]
                 cell += f" (α={chosen['alpha']:g}, β={chosen['beta']:g})"
             cells.append(cell)
+        if paired:
+            difference = paired_difference(entry, "end_nf_train", "end_nf_true")
+            cells.append(f"{100 * difference['mean']:+.1f} ± {100 * difference['std']:.1f} "
+                         f"({len(difference['values'])} seeds)" if difference else "-")
         rho_f = float(rho)
         lines.append(f"| {rho} | {entry['train_conflicting']} | " + " | ".join(cells)
                      + f" | {PAPER_VANILLA.get(rho_f, '-')} | {PAPER_END.get(rho_f, '-')} |")
@@ -157,9 +254,11 @@ def merge(paths: list[Path]) -> dict:
         merged["merged_from"].append({"file": path.name, "command": part["command"], "torch": part["torch"],
                                       "gpu": part.get("gpu"), "minutes": part.get("minutes")})
         for rho, entry in part["rhos"].items():
-            into = merged["rhos"].setdefault(rho, {"selection": {}, "report": {},
+            into = merged["rhos"].setdefault(rho, {"selection": {}, "report": {}, "runs": {},
                                                    "train_conflicting": entry["train_conflicting"]})
-            for key in ("selection", "report"):
+            for key in ("selection", "report", "runs"):
+                if key not in entry:  # result files written before per-run rows were kept
+                    continue
                 clash = set(into[key]) & set(entry[key])
                 if clash:
                     raise SystemExit(f"{path}: rho={rho} {key} {sorted(clash)} is already in another file.")
@@ -183,8 +282,15 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--n-validation", type=int, default=10_000, help="validation images")
     parser.add_argument("--n-test", type=int, default=10_000, help="images in each test split")
     parser.add_argument("--image-size", type=int, default=16, help="image side in pixels")
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS,
-                        help="what to train: vanilla and EnD with normalize_forward False / True")
+    parser.add_argument("--methods", nargs="+", choices=METHODS,
+                        help="what to train: vanilla and EnD with normalize_forward never (end_nf_false) / always "
+                             "(end_nf_true) / train (end_nf_train); default: all")
+    parser.add_argument("--forms", help="comma-separated EnD forms to train instead of --methods' EnD entries "
+                                        "(train,always,never); vanilla only if --methods names it")
+    parser.add_argument("--selection-from", type=Path, metavar="JSON",
+                        help="skip the selection runs: take each form's (alpha, beta) from this earlier result file")
+    parser.add_argument("--save-partial", action="store_true",
+                        help="rewrite --output after every report run (long runs)")
     parser.add_argument("--progress", action="store_true", help="show a progress bar per run")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                         help="where to train (default: cuda when available)")
@@ -192,6 +298,14 @@ def main(argv: list[str] | None = None) -> dict:
                         help="train nothing: combine these result files (separate rho / method runs) into --output")
     add_common_arguments(parser, "end_colour_digits")  # --quick: one rho, seed and grid point, 2,000 images
     args = parser.parse_args(argv)
+    if args.forms:
+        forms = [form.strip() for form in args.forms.split(",") if form.strip()]
+        unknown = sorted(set(forms) - set(METHOD_OF))
+        if unknown:
+            raise SystemExit(f"--forms: unknown {unknown}; choose from {sorted(METHOD_OF)}.")
+        args.methods = [name for name in args.methods or [] if name == "vanilla"] + [METHOD_OF[form] for form in forms]
+    elif args.methods is None:
+        args.methods = list(METHODS)
     if args.merge:
         results = {**header(args), **merge(args.merge)}
         table = markdown(results)
