@@ -217,6 +217,34 @@ class DebiasTrainer(Trainer):
             self.loss_is_scaled_for_ga = True
         self._loss_part_sums: dict[str, torch.Tensor] = {}
         self._loss_part_count = 0
+        self._check_best_metric()
+
+    def _check_best_metric(self) -> None:
+        """A ``metric_for_best_model`` that the default metrics never produce for these eval sets is an error now;
+        Trainer would only find out at the first evaluation, after training to it."""
+        name = self.args.metric_for_best_model
+        if not name or self.compute_metrics != self.group_metrics or self.eval_dataset is None:
+            return
+        key = name[len("eval_"):] if name.startswith("eval_") else name
+        evaluation = self.eval_dataset.items() if isinstance(self.eval_dataset, dict) else [("", self.eval_dataset)]
+        valid = []
+        for split, dataset in evaluation:
+            columns = getattr(dataset, "column_names", None)
+            if columns is None:
+                return  # an iterable or custom dataset: its columns are not known before evaluating
+            metrics = ["loss", "accuracy"]
+            if self.bias_label_column in columns:
+                metrics += ["unbiased_accuracy", "worst_group_accuracy"]
+                if self.aligned_bias is not None:
+                    metrics += ["bias_aligned_accuracy", "bias_conflicting_accuracy", "bias_gap"]
+            valid += [f"{split}_{metric}" if split else metric for metric in metrics]
+        prefixes = "|".join(re.escape(f"{split}_") for split, _ in evaluation if split)
+        per_group = re.fullmatch(rf"({prefixes})group_-?\d+_-?\d+_accuracy" if prefixes
+                                 else r"group_-?\d+_-?\d+_accuracy", key)
+        if key in valid or per_group or key.split("_", 1)[-1] in _NOT_METRICS - {"loss"}:
+            return
+        raise ValueError(f"metric_for_best_model={name!r} is not among the metrics evaluation produces here; "
+                         f"choose one of: {', '.join(valid)} (or a per-group group_<label>_<bias>_accuracy).")
 
     # ------------------------------------------------------------------ the model and its correction
     def _debias_config_for(self, args: TrainingArguments) -> DebiasConfig | None:

@@ -769,3 +769,26 @@ class TestSecrets:
         assert any(path.name == "training_args.json" for path in files)
         for path in files:
             assert self.TOKEN.encode() not in path.read_bytes(), path
+
+
+def test_metric_for_best_model_that_evaluation_never_produces_is_an_error_before_training(tmp_path):
+    """A typo (or a bare metric name with several eval sets) used to fail with a KeyError at the first evaluation,
+    after training up to it."""
+    data = tiny_dataset()
+    model = timm.create_model("simple_convnet", num_classes=3)
+    common = dict(eval_strategy="steps", eval_steps=2, save_strategy="steps", save_steps=2, load_best_model_at_end=True)
+    with pytest.raises(ValueError, match="'worst_grup_accuracy'.*worst_group_accuracy"):
+        DebiasTrainer(model=model, args=arguments(tmp_path, metric_for_best_model="worst_grup_accuracy", **common),
+                      train_dataset=data, eval_dataset=data)
+    with pytest.raises(ValueError, match="validation_worst_group_accuracy"):
+        DebiasTrainer(model=model, args=arguments(tmp_path, metric_for_best_model="worst_group_accuracy", **common),
+                      train_dataset=data, eval_dataset={"validation": data, "test": data})
+    without_bias = data.remove_columns("bias_labels")
+    with pytest.raises(ValueError, match="worst_group_accuracy.*choose one of: loss, accuracy"):
+        DebiasTrainer(model=model, args=arguments(tmp_path, debias="none", metric_for_best_model="worst_group_accuracy",
+                                                  **common), train_dataset=without_bias, eval_dataset=without_bias)
+    for name in ("worst_group_accuracy", "eval_bias_conflicting_accuracy", "group_1_0_accuracy", "loss"):
+        DebiasTrainer(model=model, args=arguments(tmp_path, metric_for_best_model=name, **common),
+                      train_dataset=data, eval_dataset=data)
+    DebiasTrainer(model=model, args=arguments(tmp_path, metric_for_best_model="test_worst_group_accuracy", **common),
+                  train_dataset=data, eval_dataset={"validation": data, "test": data})
