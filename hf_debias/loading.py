@@ -124,7 +124,8 @@ def load_classifier(name_or_path: str, *, num_classes: int | None = None, pretra
             model = _load_transformers(name_or_path, num_classes=num_classes, class_names=class_names,
                                        revision=revision)
             image_size = getattr(model.config, "image_size", None)
-            if img_size is not None and isinstance(image_size, int) and image_size != img_size:
+            fixed = any("position_embedding" in name or "pos_embed" in name for name, _ in model.named_parameters())
+            if img_size is not None and fixed and isinstance(image_size, int) and image_size != img_size:
                 raise ValueError(f"{name_or_path!r} is built for {image_size}x{image_size} images "
                                  f"(config.image_size); hf_debias does not resize a transformers model's position "
                                  f"embeddings. Leave out img_size / --image_size, or use a timm model.")

@@ -172,3 +172,17 @@ def test_load_classifier_finds_simple_convnet_in_a_fresh_process():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip().splitlines()[-1] == "3"
+
+
+def test_image_size_is_refused_only_for_transformers_models_with_position_embeddings(tmp_path):
+    """A ConvNext's config.image_size (224) is a default, not a limit: --image_size used to be refused for it."""
+    from transformers import ConvNextConfig, ConvNextForImageClassification
+
+    from hf_debias.loading import load_classifier
+
+    ConvNextForImageClassification(ConvNextConfig(hidden_sizes=[8, 16], depths=[1, 1], num_stages=2,
+                                                  num_labels=3)).save_pretrained(tmp_path / "cnx")
+    model = load_classifier(str(tmp_path / "cnx"), num_classes=2, img_size=12)
+    assert model(torch.zeros(1, 3, 12, 12)).logits.shape == (1, 2)
+    with pytest.raises(ValueError, match="position embeddings"):
+        load_classifier(str(tiny_vit_folder(tmp_path / "vit", image_size=16)), num_classes=2, img_size=32)
