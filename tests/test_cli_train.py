@@ -178,7 +178,7 @@ def _path_matches_no_file(root):
 
 
 def _unknown_eval_split(root):
-    return [str(layouts.write_metadata_table(root)), "--eval_split", "valid"], "'valid'"
+    return [str(layouts.write_metadata_table(root)), "--eval_split", "holdout"], "'holdout'"
 
 
 def _nan_label(root):
@@ -279,3 +279,13 @@ def test_resume_from_checkpoint_true_continues_from_the_newest_checkpoint(tmp_pa
     state = json.loads((out / "trainer_state.json").read_text())
     assert state["global_step"] == 3
     assert [e["step"] for e in state["log_history"] if "loss" in e] == [1, 2, 3]  # steps 1-2 came from checkpoint-2
+
+
+def test_eval_split_accepts_the_source_name_of_a_renamed_split(tmp_path):
+    """The loader names a 'val' / 'valid' folder or column value 'validation'; --eval_split valid used to fail."""
+    data = str(layouts.write_metadata_table(tmp_path / "data"))
+    out = tmp_path / "run"
+    assert main(["train", "--dataset", data, "--output_dir", str(out), "--eval_split", "val,test", "--max_steps", "1",
+                 *FAST]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert set(report["results"]) == {"validation", "test"} and report["eval_samples"] == {"validation": 3, "test": 3}

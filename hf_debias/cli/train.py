@@ -170,8 +170,16 @@ def _built_in(data_args: DataArguments, source_bias: str | None):
 
 def _eval_split_names(data_args: DataArguments, names: list[str]) -> list[str]:
     if data_args.eval_split:
-        chosen = [name.strip() for name in data_args.eval_split.split(",") if name.strip()]
-        for name in chosen:
+        from ..data.image_dataset import SPLIT_ALIASES
+
+        chosen = []
+        for name in (name.strip() for name in data_args.eval_split.split(",") if name.strip()):
+            alias = SPLIT_ALIASES.get(name.lower()) if not name.isdigit() else None
+            if name not in names and alias in names:  # the loader renamed the source's val / valid / dev ...
+                logger.info("--eval_split %s: the %s split (hf_debias names the splits train / validation / test).",
+                            name, alias)
+                name = alias
+            chosen.append(name)
             if name not in names:
                 raise ValueError(f"--eval_split {name!r}: {data_args.dataset!r} has no such split; its splits "
                                  f"are {names}.")
