@@ -40,7 +40,7 @@ def main() -> None:
                 "labels": torch.tensor([row["labels"] for row in rows]),
                 "bias_labels": torch.tensor([row["bias_labels"] for row in rows])}
 
-    model = get_debias_model(model, EnDConfig(alpha=args.alpha, beta=args.beta, normalize_forward=True))
+    model = get_debias_model(model, EnDConfig(alpha=args.alpha, beta=args.beta))
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, weight_decay=1e-4)
     loader = DataLoader(dataset["train"], batch_size=256, shuffle=True, collate_fn=collate)
     for epoch in range(args.epochs):

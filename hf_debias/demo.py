@@ -31,7 +31,7 @@ class DemoSettings:
     epochs: float = 3.0
     alpha: float = 10.0
     beta: float = 1.0
-    normalize_forward: bool = True
+    normalize_forward: str | None = None  # EnDConfig's default: 'train' (portable) where exact
     n_train: int = 60_000
     n_test: int = 10_000
     image_size: int = 16

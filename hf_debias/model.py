@@ -150,7 +150,7 @@ class DebiasModel(nn.Module):
     def unload(self) -> nn.Module:
         """Remove every hook and return the plain wrapped model. The wrapper cannot be used afterwards.
 
-        If the method altered the forward pass (EnD with ``normalize_forward=True``), the returned model no
+        If the method altered the forward pass (EnD with ``normalize_forward='always'``, P-ClArC), the returned model no
         longer applies that change, so its outputs differ from the wrapper's; a warning says so.
         """
         if self.method is None:

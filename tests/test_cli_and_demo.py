@@ -173,9 +173,9 @@ def test_every_option_takes_both_spellings():
     underscores = parser.parse_args(["cav", "m", "--output_dir", "o", "--only_class", "0", "--max_samples", "3",
                                      "--no_progress", "--validation_fraction", "0.5"])
     assert vars(dashes) == vars(underscores) and dashes.only_class == 0 and dashes.validation_fraction == 0.5
-    assert parser.parse_args(["demo", "--no_normalize_forward", "--n_train", "5"]).normalize_forward is False
-    assert parser.parse_args(["demo", "--no-normalize-forward", "--n-train=5"]).n_train == 5
-    assert parser.parse_args(["demo", "--normalize_forward"]).normalize_forward is True
+    assert parser.parse_args(["demo", "--normalize_forward", "never", "--n_train", "5"]).normalize_forward == "never"
+    assert parser.parse_args(["demo", "--normalize-forward=always", "--n-train=5"]).n_train == 5
+    assert parser.parse_args(["demo"]).normalize_forward is None  # EnDConfig's default: portable where exact
 
 
 def test_every_command_shows_its_defaults():
@@ -185,7 +185,7 @@ def test_every_command_shows_its_defaults():
         assert shown in cav_help
     assert "(default: None)" not in cav_help and "(default: False)" not in cav_help  # nothing said is better
     assert "(default: 0.99)" in commands["demo"].format_help()
-    assert "(default: True)" in commands["demo"].format_help()  # --normalize-forward / --no-normalize-forward
+    assert "(default: 3.0)" in commands["demo"].format_help()  # --epochs
 
 
 def test_the_cav_command_offers_the_librarys_choices():

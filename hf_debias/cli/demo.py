@@ -28,9 +28,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     demo.add_argument("--epochs", type=float, default=defaults.epochs, help="training epochs for each model")
     demo.add_argument("--alpha", type=float, default=defaults.alpha, help="EnD disentangling weight")
     demo.add_argument("--beta", type=float, default=defaults.beta, help="EnD entangling weight")
-    demo.add_argument("--normalize-forward", action=argparse.BooleanOptionalAction,
-                      default=defaults.normalize_forward,
-                      help="L2-normalise the bottleneck in the forward pass, as in the EnD paper's network")
+    demo.add_argument("--normalize-forward", choices=("train", "always", "never"), default=defaults.normalize_forward,
+                      help="where EnD L2-normalises the bottleneck in the forward pass: train (the portable default: "
+                           "training forward only, zero head bias; the saved model loads in plain timm and pipeline), "
+                           "always (the paper's network; loads with hf_debias only), never (penalty only); default: "
+                           "train where exact")
     demo.add_argument("--n-train", type=int, default=defaults.n_train, help="number of training images")
     demo.add_argument("--n-test", type=int, default=defaults.n_test, help="images in each test split")
     demo.add_argument("--model", default=defaults.model, help="timm model name, built with pretrained=False")
