@@ -440,3 +440,12 @@ def test_text_classes_are_still_read_as_names(tmp_path):
     (folder / "metadata.csv").write_text(text)
     result = load_image_dataset(folder, label_column="y", bias_label_column="place")
     assert result["train"].features["bias_labels"].names == ["land", "water"]
+
+
+def test_a_mistyped_local_path_names_the_local_path(tmp_path, datasets_cache, monkeypatch):
+    """'data/nope' beside an existing data/ folder is a mistyped path more likely than a Hub id: say both."""
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    (tmp_path / "data").mkdir()
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError, match="local path .*data/nope does not exist"):
+        load_image_dataset("data/nope")

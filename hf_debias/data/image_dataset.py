@@ -125,6 +125,8 @@ def load_image_dataset(
     import datasets
 
     where = f"Hub dataset {name!r}"
+    if path.parent.is_dir() and path.parent != Path.cwd().resolve():  # 'data/nope' beside an existing data/
+        where += f" (the local path {path} does not exist either)"
     return _from_datasets(_call_datasets(datasets.load_dataset, name, revision=revision, where=where), where, options)
 
 
