@@ -273,7 +273,8 @@ def test_resume_from_checkpoint_true_continues_from_the_newest_checkpoint(tmp_pa
     data = str(layouts.write_metadata_table(tmp_path / "data"))
     out = tmp_path / "run"
     fast = [a for a in FAST if a not in ("--save_strategy", "no")]
-    common = ["train", "--dataset", data, "--output_dir", str(out), *fast, "--save_strategy", "steps", "--save_steps", "1"]
+    common = ["train", "--dataset", data, "--output_dir", str(out), *fast, "--save_strategy", "steps",
+              "--save_steps", "1"]
     assert main([*common, "--max_steps", "2"]) == 0
     assert main([*common, "--max_steps", "3", "--resume_from_checkpoint", "true"]) == 0
     state = json.loads((out / "trainer_state.json").read_text())

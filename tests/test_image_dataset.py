@@ -416,8 +416,9 @@ def test_split_folders_under_other_names(tmp_path):
         load_image_dataset(root)
 
 
-@pytest.mark.parametrize("column, value, named", [("y", "nan", "'nan'"), ("y", "NaN", "'NaN'"), ("place", "null", "'null'"),
-                                                  ("y", "0.5", "not integers"), ("place", "1e3", "not integers")])
+@pytest.mark.parametrize("column, value, named", [("y", "nan", "'nan'"), ("y", "NaN", "'NaN'"),
+                                                  ("place", "null", "'null'"), ("y", "0.5", "not integers"),
+                                                  ("place", "1e3", "not integers")])
 def test_missing_markers_and_stray_values_in_label_or_bias_columns_are_errors_not_classes(tmp_path, column, value,
                                                                                          named):
     """A CSV 'nan' (what pandas / numpy write for a missing value) or a stray 0.5 in an integer column used to
