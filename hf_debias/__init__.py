@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib
+import importlib.abc
+import importlib.util
 import sys
 
 __version__ = "0.1.0"
@@ -25,7 +27,6 @@ __all__ = sorted([*_EXPORTS, "__version__", "functional"])
 
 def __getattr__(name: str):
     if name in _EXPORTS:
-        importlib.import_module(".models", __name__)  # registers hf_debias' timm models (simple_convnet)
         value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
         globals()[name] = value
         return value
@@ -38,8 +39,35 @@ def __dir__() -> list[str]:
     return sorted([*globals(), *_EXPORTS, *_SUBMODULES])
 
 
-# ``simple_convnet`` is registered with timm when ``hf_debias.models`` is imported: on first use of any public name
-# above, or here when timm is loaded already. After only ``import hf_debias`` and then ``import timm``, import
-# ``hf_debias.models`` before ``timm.create_model("simple_convnet")``.
+class _RegisterModelsAfterTimm(importlib.abc.MetaPathFinder):
+    """Registers hf_debias' timm models (``simple_convnet``) as soon as timm is imported, whatever the order of
+    ``import hf_debias`` and ``import timm``, without importing timm (and torch) to start the command line."""
+
+    _searching = False
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname != "timm" or self._searching:
+            return None
+        self._searching = True  # find timm's real spec with the other finders (a look-up alone imports nothing)
+        try:
+            spec = importlib.util.find_spec("timm")
+        finally:
+            self._searching = False
+        if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
+            return spec
+        finder, exec_module = self, spec.loader.exec_module
+
+        def exec_then_register(module):
+            exec_module(module)
+            if finder in sys.meta_path:
+                sys.meta_path.remove(finder)
+            importlib.import_module(".models", __name__)
+
+        spec.loader.exec_module = exec_then_register
+        return spec
+
+
 if "timm" in sys.modules:  # timm is loaded already: registering the models costs nothing
     from . import models  # noqa: E402,F401
+else:
+    sys.meta_path.insert(0, _RegisterModelsAfterTimm())
