@@ -18,7 +18,7 @@ _EXPORTS = {
     "AClArCConfig": "methods", "EnDConfig": "methods", "PClArCConfig": "methods", "RRClArCConfig": "methods",
     "DebiasModel": "model", "DebiasOutput": "model", "get_debias_model": "model",
     "ModelCardInfo": "hub", "load_model": "hub", "push_folder": "hub",
-    "DebiasTrainer": "trainer", "DebiasTrainingArguments": "trainer",
+    "DebiasTrainer": "trainer", "DebiasTrainingArguments": "training_args",
 }
 _SUBMODULES = ("functional", "models")
 

@@ -25,7 +25,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # the command's parser is built without importing torch / transformers
     import datasets
 
-    from ..trainer import DebiasTrainer, DebiasTrainingArguments
+    from ..trainer import DebiasTrainer
+    from ..training_args import DebiasTrainingArguments
 
 COLOUR_DIGITS = "colour-digits"
 CONTROLLED_ARTIFACT = "controlled-artifact"
@@ -386,7 +387,7 @@ def build_parser():
 
     from transformers import HfArgumentParser, TrainingArguments
 
-    from ..trainer import DebiasTrainingArguments
+    from ..training_args import DebiasTrainingArguments
 
     class Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
         """Defaults shown, the description's lines kept."""

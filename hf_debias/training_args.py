@@ -1,0 +1,188 @@
+"""``DebiasTrainingArguments``: ``TrainingArguments`` plus ``--debias`` and the method's options.
+
+``HfArgumentParser`` turns them into flags of any script that already uses it. This module imports
+``transformers.training_args`` only, not ``Trainer``, so that ``hf-debias train --help`` builds its parser without
+loading the Trainer; ``DebiasTrainer`` lives in ``hf_debias.trainer``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from transformers.training_args import TrainingArguments
+
+from . import methods  # noqa: F401  (registers every method's config, so the choices below are complete)
+from .config import DebiasConfig, _CONFIG_CLASSES, available_methods
+from .freezing import FREEZE_POLICIES
+from .functional.end import PAIRINGS
+from .functional.rr_clarc import AGGREGATIONS, GRADIENT_TARGETS
+
+DEBIAS_CHOICES = ("none", *available_methods())
+
+
+@dataclass(repr=False)  # keep TrainingArguments' __repr__, which redacts hub_token and every other *_token
+class DebiasTrainingArguments(TrainingArguments):
+    """``TrainingArguments`` plus the debias options. Method options are named ``<method>_<config field>``
+    (``end_alpha`` -> ``EnDConfig.alpha``); options several methods share carry no prefix (``cav``, ``freeze``).
+    A new method adds its fields here and nothing else changes.
+
+    An option of a method that ``--debias`` does not select, set to anything but its default, is an error;
+    ``--baseline_results`` and the model-card texts are checked here, before any training."""
+
+    debias: str = field(default="none", metadata={"help": "bias correction method", "choices": list(DEBIAS_CHOICES)})
+    debias_layer: str | None = field(default=None, metadata={
+        "help": "bottleneck module name (see `hf-debias layers MODEL`); 'NAME:input' for a module's input; "
+                "default: the input of the classifier head"})
+    bias_label_column: str = field(default="bias_labels", metadata={
+        "help": "dataset column with one integer bias id per sample; `hf-debias train` reads this column (or "
+                "CelebA attribute) of the source data into 'bias_labels'"})
+    end_alpha: float = field(default=1.0, metadata={"help": "EnD: weight of the disentangling term (>= 0)"})
+    end_beta: float = field(default=1.0, metadata={"help": "EnD: weight of the entangling term (>= 0)"})
+    end_pairing: str = field(default="all", metadata={
+        "help": "EnD: 'all' pairs (the paper) or 'reference' (the official code's subset)", "choices": list(PAIRINGS)})
+    end_normalize_forward: str | None = field(default=None, metadata={
+        "help": "EnD: where the bottleneck is L2-normalised in the forward pass: train (portable: training forward "
+                "only, zero head bias; the saved model loads in plain timm / transformers / pipeline), always (every "
+                "forward, the paper's network; loads with hf_debias only), never (penalty only); default: train "
+                "where exact, else always", "choices": ["train", "always", "never"]})
+    end_global_batch: bool = field(default=True, metadata={
+        "help": "EnD: under multi-process training compute the penalty on the batch gathered from every process "
+                "(False: a per-process penalty)"})
+    cav: str | None = field(default=None, metadata={
+        "help": "rrclarc / pclarc / aclarc: the bias CAV, a folder or a Hub repo id (see `hf-debias cav`)"})
+    allow_cav_mismatch: bool = field(default=False, metadata={
+        "help": "use a CAV recorded for another layer or base model (warns instead of refusing)"})
+    freeze: str = field(default="conv_norm", metadata={
+        "help": "rrclarc / aclarc: what stays frozen: conv_norm (the paper: convolutions and norms), before_layer "
+                "(everything up to the layer), none", "choices": list(FREEZE_POLICIES)})
+    rrclarc_lamb: float = field(default=1.0, metadata={"help": "RR-ClArC: penalty weight lambda (>= 0)"})
+    rrclarc_gradient_target: str = field(default="random_signs", metadata={
+        "help": "RR-ClArC: what is differentiated (official_logprobs: the official code's log(softmax + 1e-5))",
+        "choices": list(GRADIENT_TARGETS)})
+    rrclarc_target_class: int | None = field(default=None, metadata={
+        "help": "RR-ClArC: the class for --rrclarc_gradient_target class"})
+    rrclarc_aggregation: str = field(default="l2_mean", metadata={
+        "help": "RR-ClArC: how the latent gradient's projection is aggregated (l2_mean: the paper)",
+        "choices": list(AGGREGATIONS)})
+    bias_description: str | None = field(default=None, metadata={
+        "help": "model card: the bias that is corrected, in words (e.g. 'background colour')"})
+    baseline_results: str | None = field(default=None, metadata={
+        "help": "model card: an uncorrected run's eval results (its output_dir, eval_results.json, or "
+                "{split: {metric: value}} JSON), shown as 'before'"})
+    card_dataset: str | None = field(default=None, metadata={
+        "help": "model card: the dataset the metrics were measured on (a Hub id or a name)"})
+    allow_debias_config_change: bool = field(default=False, metadata={
+        "help": "resume from a checkpoint whose debias_config.json differs from this run's options (method or "
+                "hyper-parameters), continuing with this run's; logged as a warning instead of refused"})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.debias not in DEBIAS_CHOICES:
+            raise ValueError(f"debias={self.debias!r} is not valid; choose one of: {', '.join(DEBIAS_CHOICES)}.")
+        self.check_debias_options()
+        self.debias_config()  # validate the method's options now, at parse time
+        _check_card_inputs(self)  # not at the first checkpoint save
+
+    def debias_config(self) -> DebiasConfig | None:
+        """The config that ``--debias`` and its options describe, or ``None`` for ``--debias none``."""
+        if self.debias == "none":
+            return None
+        values = {name: getattr(self, flag) for name, flag in _method_flags(self.debias).items()}
+        return _CONFIG_CLASSES[self.debias](**values)
+
+    def check_debias_options(self) -> None:
+        """Raise ``ValueError`` naming every option of another method than ``--debias`` that differs from its
+        default (``--debias end --cav X``, ``--debias none --end_alpha 50``): it would be silently ignored."""
+        used = set(_method_flags(self.debias).values()) | set(_GENERAL_FIELDS)
+        unused = []
+        for own in dataclasses.fields(DebiasTrainingArguments):
+            if own.name not in _OWN_FIELDS or own.name in used:
+                continue
+            default = own.default if own.default is not dataclasses.MISSING else own.default_factory()
+            value = getattr(self, own.name)
+            if value != default:
+                owners = [method for method in available_methods() if own.name in _method_flags(method).values()]
+                unused.append(f"--{own.name} {value!r} (an option of {', '.join(owners) or 'no method'})")
+        if unused:
+            raise ValueError(f"--debias {self.debias} does not use {'; '.join(unused)}. Remove "
+                             f"{'it' if len(unused) == 1 else 'them'}, or select the method "
+                             f"{'it belongs' if len(unused) == 1 else 'they belong'} to with --debias.")
+
+
+_OWN_FIELDS = {f.name for f in dataclasses.fields(DebiasTrainingArguments)} - {
+    f.name for f in dataclasses.fields(TrainingArguments)}
+_GENERAL_FIELDS = ("debias", "bias_label_column", "bias_description", "baseline_results", "card_dataset",
+                   "allow_debias_config_change")
+"""Options that apply whatever ``--debias`` is; every other own field belongs to one or more methods."""
+
+
+def _method_flags(method: str) -> dict[str, str]:
+    """``{config field: argument name}`` for the options ``--debias method`` reads: ``<method>_<field>``, else
+    the shared ``<field>`` (``cav``, ``freeze``...), and ``debias_layer`` for the layer. Empty for ``none``."""
+    if method == "none":
+        return {}
+    base_fields = {f.name for f in dataclasses.fields(DebiasConfig)}
+    flags = {"layer": "debias_layer"}
+    for config_field in dataclasses.fields(_CONFIG_CLASSES[method]):
+        if not config_field.init or config_field.name in base_fields:
+            continue
+        for flag in (f"{method}_{config_field.name}", config_field.name):
+            if flag in _OWN_FIELDS:
+                flags[config_field.name] = flag
+                break
+    return flags
+
+
+def _baseline_file(path: str) -> Path:
+    file = Path(path)
+    if file.is_dir():
+        file = file / "eval_results.json"
+    if not file.is_file():
+        raise ValueError(f"baseline_results {path!r} is neither a JSON file nor a run folder with eval_results.json.")
+    return file
+
+
+def _is_metric_value(key: str, value: object) -> bool:
+    if isinstance(value, bool):
+        return key.endswith("_aligned")  # the group flags of group_accuracy
+    return isinstance(value, (int, float))
+
+
+def _baseline_data(path: str) -> dict:
+    """The baseline file's JSON, checked: an object of numbers (Trainer's flat ``eval_results.json``) or of
+    ``{metric: number}`` objects, one per split. Errors name the file and the field."""
+    file = _baseline_file(path)
+    try:
+        data = json.loads(file.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"baseline_results {str(file)!r} is not readable JSON: {error}.") from error
+    if not isinstance(data, dict) or not data:
+        raise ValueError(f"baseline_results {str(file)!r} must be a non-empty JSON object of metrics "
+                         f"({{metric: number}} or {{split: {{metric: number}}}}), got {type(data).__name__} "
+                         f"{json.dumps(data)[:80]}.")
+    nested = [key for key, value in data.items() if isinstance(value, dict)]
+    if nested and len(nested) != len(data):
+        flat = next(key for key in data if key not in nested)
+        raise ValueError(f"baseline_results {str(file)!r} mixes splits ({nested[0]!r}: {{...}}) with flat metrics "
+                         f"({flat!r}); use one form.")
+    for split, values in (data.items() if nested else [(None, data)]):
+        for key, value in values.items():
+            if not _is_metric_value(key, value):
+                where = f"{split}.{key}" if split is not None else key
+                raise ValueError(f"baseline_results {str(file)!r}: field {where!r} must be a number, got "
+                                 f"{json.dumps(value)[:80]}.")
+    return data
+
+
+def _check_card_inputs(args: DebiasTrainingArguments) -> None:
+    """``--bias_description``, ``--card_dataset`` and ``--baseline_results`` checked before any training."""
+    for name in ("bias_description", "card_dataset"):
+        value = getattr(args, name)
+        if value is not None and (not isinstance(value, str) or not value.strip() or "\n" in value
+                                  or "\r" in value):
+            raise ValueError(f"--{name} must be one non-empty line of text, got {value!r}.")
+    if args.baseline_results is not None:
+        _baseline_data(args.baseline_results)
