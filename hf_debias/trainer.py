@@ -187,7 +187,11 @@ class DebiasTrainer(Trainer):
     def _prepare_inputs(self, inputs):
         """Trainer's device placement, then labels and bias labels as int64 (once, before the loss and before
         any gather across processes), and a clear error for an empty batch."""
-        inputs = super()._prepare_inputs(inputs)
+        return self._checked_batch(super()._prepare_inputs(inputs))
+
+    def _checked_batch(self, inputs):
+        """``inputs`` with a clear error for an empty batch and the label columns as int64. Trainer's steps get it
+        through ``_prepare_inputs``; ``compute_loss`` applies it too, for a batch passed to it directly."""
         pixel_values = inputs.get("pixel_values")
         if isinstance(pixel_values, torch.Tensor) and pixel_values.dim() > 0:
             check_batch_size("pixel_values", pixel_values.shape[0])
@@ -210,18 +214,14 @@ class DebiasTrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         inputs = dict(inputs)
+        if "pixel_values" not in inputs:
+            others = sorted(key for key in inputs if key not in ("labels", self.bias_label_column))
+            raise ValueError(f"The batch has no 'pixel_values'; it has {others}. Map the images to "
+                             "'pixel_values' in the data collator or transform.")
+        inputs = self._checked_batch(inputs)
         labels = inputs.pop("labels", None)
         bias_labels = inputs.pop(self.bias_label_column, None)
-        if "pixel_values" not in inputs:
-            raise ValueError(f"The batch has no 'pixel_values'; it has {sorted(inputs)}. Map the images to "
-                             "'pixel_values' in the data collator or transform.")
         pixel_values = inputs["pixel_values"]
-        if isinstance(pixel_values, torch.Tensor) and pixel_values.dim() > 0:
-            check_batch_size("pixel_values", pixel_values.shape[0])
-        if labels is not None:
-            labels = _class_ids_of_column("labels", labels)
-        if bias_labels is not None:
-            bias_labels = _class_ids_of_column(self.bias_label_column, bias_labels)
         ce_loss = penalty = None
         if isinstance(unwrap_model(model, through_debias=False), DebiasModel):
             outputs = model(pixel_values, labels=labels, bias_labels=bias_labels)
