@@ -6,7 +6,6 @@ transformers is always called with ``trust_remote_code=False``: a repo that need
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,9 +19,7 @@ _TIMM_PREFIXES = ("hf-hub:", "local-dir:", "timm/")
 
 def is_timm_name(name: str) -> bool:
     """True for names that timm resolves itself (registered architectures and ``hf-hub:``/``local-dir:`` ids)."""
-    import timm
-
-    from . import models  # noqa: F401  registers hf_debias' own timm architectures (simple_convnet)
+    import timm  # importing timm registers hf_debias' own architectures (simple_convnet; see hf_debias/__init__)
 
     if name.startswith(_TIMM_PREFIXES):
         return True
@@ -34,19 +31,14 @@ def read_model_config(name_or_path: str, *, revision: str | None = None) -> dict
 
     Raises ``FileNotFoundError`` for a Hub id that is neither cached nor reachable, ``ValueError`` for a
     ``config.json`` that is not a JSON object."""
+    from .config import read_json_object
     from .hub.resolve import resolve_file
 
     folder = Path(name_or_path)
     if folder.is_dir() and not (folder / "config.json").is_file():
         return None
     path = resolve_file(name_or_path, "config.json", revision=revision)
-    try:
-        config = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path} is not valid JSON ({err}).") from err
-    if not isinstance(config, dict):
-        raise ValueError(f"{path} must hold a JSON object, got {type(config).__name__}.")
-    return config
+    return read_json_object(path, "model config")
 
 
 def is_timm_config(config: dict | None) -> bool:
