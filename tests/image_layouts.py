@@ -250,3 +250,21 @@ def write_parquet_hub_repo(root: str | Path) -> Path:
         f"      class_label:\n        names:\n{names}\n  - name: place\n    dtype: int64\n  splits:\n{split_info}\n"
         f"configs:\n- config_name: default\n  data_files:\n{data_files}\n---\n# A tiny image dataset\n")
     return folder
+
+
+def write_concept_folders(root: str | Path, n_per_folder: int = 12) -> tuple[Path, Path]:
+    """Two folders of 16x16 noise images for ``hf-debias cav --concept-dir / --clean-dir``: ``with/`` has a
+    bright 5x5 corner (the concept), ``without/`` a dark one. Returns ``(with, without)``."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    folders = []
+    for folder, brightness in (("with", 200), ("without", 20)):
+        path = Path(root) / folder
+        path.mkdir(parents=True)
+        for index in range(n_per_folder):
+            pixels = rng.integers(0, 40, (16, 16, 3)).astype("uint8")
+            pixels[:5, :5] = brightness
+            Image.fromarray(pixels).save(path / f"{index}.png")
+        folders.append(path)
+    return folders[0], folders[1]

@@ -290,21 +290,14 @@ def test_filter_cavs_search_the_official_grid():
 
 
 def test_cli_cav_says_which_pooling_it_used_and_what_the_auc_rests_on(tmp_path, capsys):
-    import numpy as np
-    from PIL import Image
+    from image_layouts import write_concept_folders
 
     from hf_debias.cav import POOLING_CHOICES
     from hf_debias.cli import cav as cav_command
     from hf_debias.cli import main
 
     assert cav_command.POOLING_CHOICES == POOLING_CHOICES and cav_command.CAV_METHODS == CAV_METHODS
-    rng = np.random.default_rng(0)
-    for folder, brightness in (("with", 200), ("without", 20)):
-        (tmp_path / folder).mkdir()
-        for index in range(12):
-            pixels = rng.integers(0, 40, (16, 16, 3)).astype("uint8")
-            pixels[:5, :5] = brightness
-            Image.fromarray(pixels).save(tmp_path / folder / f"{index}.png")
+    write_concept_folders(tmp_path)
     common = ["--concept-dir", str(tmp_path / "with"), "--clean-dir", str(tmp_path / "without"),
               "--validation-fraction", "0.25", "--no-progress"]
     with pytest.warns(UserWarning, match=r"rests on \d+ held-out images with the concept and \d+ without") as caught:

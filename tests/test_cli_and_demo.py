@@ -366,17 +366,11 @@ def test_cli_train_on_an_image_folder_with_a_bias_csv(tmp_path):
 
 
 def test_cli_cav_from_two_folders_and_from_the_builtin_benchmark(tmp_path, capsys, monkeypatch):
-    from PIL import Image
+    from image_layouts import write_concept_folders
 
     from hf_debias import CAV
 
-    rng = __import__("numpy").random.default_rng(0)
-    for folder, brightness in (("with", 200), ("without", 20)):
-        (tmp_path / folder).mkdir()
-        for index in range(12):
-            pixels = rng.integers(0, 40, (16, 16, 3)).astype("uint8")
-            pixels[:5, :5] = brightness
-            Image.fromarray(pixels).save(tmp_path / folder / f"{index}.png")
+    write_concept_folders(tmp_path)
     assert main(["cav", "simple_convnet", "--layer", "stages.1", "--concept-dir", str(tmp_path / "with"),
                  "--clean-dir", str(tmp_path / "without"), "--concept", "bright corner", "--validation-fraction",
                  "0.25", "--output-dir", str(tmp_path / "cav"), "--no-progress"]) == 0
