@@ -32,7 +32,7 @@ from ._validation import check_batch_size
 from .config import CONFIG_NAME, DebiasConfig
 from .loading import unwrap_model
 from .methods.base import method_class_for
-from .metrics.group import group_accuracy, infer_aligned_bias, is_group_structure_key
+from .metrics.group import group_accuracy, infer_aligned_bias, is_group_structure_key, parse_group_key
 from .model import DebiasModel, get_debias_model, logits_of
 from .training_args import DebiasTrainingArguments, _baseline_data
 
@@ -118,9 +118,9 @@ class DebiasTrainer(Trainer):
                 if self.aligned_bias is not None:
                     metrics += ["bias_aligned_accuracy", "bias_conflicting_accuracy", "bias_gap"]
             valid += [f"{split}_{metric}" if split else metric for metric in metrics]
-        prefixes = "|".join(re.escape(f"{split}_") for split, _ in evaluation if split)
-        per_group = re.fullmatch(rf"({prefixes})group_-?\d+_-?\d+_accuracy" if prefixes
-                                 else r"group_-?\d+_-?\d+_accuracy", key)
+        prefixes = [f"{split}_" for split, _ in evaluation if split] or [""]
+        parsed = [parse_group_key(key, prefix) for prefix in prefixes]
+        per_group = any(group is not None and group[2] == "accuracy" for group in parsed)
         if key in valid or per_group or key.split("_", 1)[-1] in _NOT_METRICS - {"loss"}:
             return
         raise ValueError(f"metric_for_best_model={name!r} is not among the metrics evaluation produces here; "
@@ -452,10 +452,8 @@ def debias_config_differences(saved: DebiasConfig | None, current: DebiasConfig 
 def _default_objective(metrics: dict[str, float]) -> float:
     """Trainer's default objective over the metrics that measure the model (not group ids and sizes)."""
     return default_compute_objective({key: value for key, value in metrics.items()
-                                      if not is_group_structure_key(key) and not _PER_GROUP.search(key)})
+                                      if not is_group_structure_key(key) and parse_group_key(key) is None})
 
-
-_PER_GROUP = re.compile(r"(^|_)group_-?\d+_-?\d+_")
 
 
 def _read_baseline(path: str | None, split_names: list[str]) -> dict[str, dict[str, float]]:

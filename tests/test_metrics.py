@@ -100,3 +100,14 @@ def test_groups_from_metrics_rejects_incomplete_or_mistyped_groups():
         groups_from_metrics({"group_1_0_accuracy": 0.5, "group_1_0_count": 2.5})
     with pytest.raises(ValueError, match="'group_1_0_aligned' must be a bool"):
         groups_from_metrics({"group_1_0_accuracy": 0.5, "group_1_0_count": 2, "group_1_0_aligned": "yes"})
+
+
+def test_parse_group_key_reads_every_per_group_key_and_nothing_else():
+    from hf_debias.metrics.group import parse_group_key
+
+    assert parse_group_key("group_3_-1_accuracy", prefix="") == (3, -1, "accuracy")
+    assert parse_group_key("eval_validation_group_3_1_count") == (3, 1, "count")
+    assert parse_group_key("eval_validation_group_3_1_count", prefix="eval_") is None  # not exactly that prefix
+    assert parse_group_key("eval_validation_group_3_1_count", prefix="eval_validation_") == (3, 1, "count")
+    for key in ("worst_group_accuracy", "group_3_1_accuracy_x", "subgroup_3_1_accuracy", "group_a_1_count", 7):
+        assert parse_group_key(key) is None

@@ -12,7 +12,6 @@ from __future__ import annotations
 import importlib.metadata
 import math
 import os
-import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from .. import __version__
 from ..cav.fitting import describe_auc
-from ..metrics.group import is_group_structure_key
+from ..metrics.group import is_group_structure_key, parse_group_key
 from .paths import recordable_name
 
 if TYPE_CHECKING:
@@ -50,7 +49,6 @@ TCAV_NOTES = {
                                  "several times larger than the pooled one and not comparable with it.",
 }
 """What each TCAV metric on a card means; a card explains the ones it shows."""
-_GROUP_ACCURACY = re.compile(r"group_(-?\d+)_(-?\d+)_accuracy")
 
 
 @dataclass
@@ -134,9 +132,15 @@ def _number(metric: str, value: Any) -> str:
     return f"{value:.4g}"
 
 
+def _group_of_accuracy(metric: str) -> tuple[int, int] | None:
+    """``(label, bias)`` of a per-group accuracy key ``group_{label}_{bias}_accuracy``, else None."""
+    parsed = parse_group_key(metric, prefix="")
+    return parsed[:2] if parsed is not None and parsed[2] == "accuracy" else None
+
+
 def _is_summary_metric(metric: str, value: Any) -> bool:
     """A number that measures the model as a whole: not a group's size, id or flag, nor one group's accuracy."""
-    return _is_number(value) and not is_group_structure_key(metric) and _GROUP_ACCURACY.fullmatch(metric) is None
+    return _is_number(value) and not is_group_structure_key(metric) and _group_of_accuracy(metric) is None
 
 
 def _summary(metrics: Mapping[str, Any]) -> dict[str, float]:
@@ -183,9 +187,9 @@ def _group_rows(info: ModelCardInfo, class_names: Sequence[str] | None) -> list[
         groups = {}
         for metrics in (after, before):
             for key, value in metrics.items():
-                match = _GROUP_ACCURACY.fullmatch(key)
-                if match is not None and _is_number(value):
-                    groups[(int(match[1]), int(match[2]))] = key
+                group = _group_of_accuracy(key)
+                if group is not None and _is_number(value):
+                    groups[group] = key
         for (label, bias), key in sorted(groups.items()):
             prefix = key[:-len("accuracy")]
             count = after.get(prefix + "count", before.get(prefix + "count"))

@@ -113,7 +113,7 @@ def infer_aligned_bias(labels: object, bias_labels: object) -> dict[int, int]:
     return aligned
 
 
-_GROUP_KEY = re.compile(r"group_(-?\d+)_(-?\d+)_(accuracy|count|aligned)")
+_GROUP_KEY = re.compile(r"(?:^|_)group_(-?\d+)_(-?\d+)_(accuracy|count|aligned)$")
 GROUP_STRUCTURE_SUFFIXES = ("_count", "_aligned", "worst_group_label", "worst_group_bias")
 """Endings of the flat keys that describe the groups (sizes, ids, alignment) rather than measure the model."""
 
@@ -121,6 +121,23 @@ GROUP_STRUCTURE_SUFFIXES = ("_count", "_aligned", "worst_group_label", "worst_gr
 def is_group_structure_key(key: str) -> bool:
     """True for ``group_*_count``, ``group_*_aligned``, ``worst_group_label/bias/count``: not model metrics."""
     return key.endswith(GROUP_STRUCTURE_SUFFIXES)
+
+
+def parse_group_key(key: str, prefix: str | None = None) -> tuple[int, int, str] | None:
+    """``(label, bias, field)`` of a per-group key ``group_{label}_{bias}_{accuracy|count|aligned}``, else None.
+
+    With ``prefix`` the key must be exactly ``prefix`` + that (``""``: the bare key); without, any prefix ending in
+    ``_`` is accepted (``eval_validation_group_3_1_accuracy``)."""
+    if not isinstance(key, str):
+        return None
+    if prefix is not None:
+        if not key.startswith(prefix):
+            return None
+        key = key[len(prefix):]
+        match = _GROUP_KEY.match(key)
+    else:
+        match = _GROUP_KEY.search(key)
+    return (int(match[1]), int(match[2]), match[3]) if match is not None else None
 
 
 def groups_from_metrics(metrics: Mapping[str, object], prefix: str = "") -> list[dict[str, object]]:
@@ -142,12 +159,10 @@ def groups_from_metrics(metrics: Mapping[str, object], prefix: str = "") -> list
     """
     rows: dict[tuple[int, int], dict[str, object]] = {}
     for key, value in metrics.items():
-        if not isinstance(key, str) or not key.startswith(prefix):
+        parsed = parse_group_key(key, prefix)
+        if parsed is None:
             continue
-        match = _GROUP_KEY.fullmatch(key[len(prefix):])
-        if match is None:
-            continue
-        label, bias, field = int(match[1]), int(match[2]), match[3]
+        label, bias, field = parsed
         valid = isinstance(value, bool) if field == "aligned" else (
             isinstance(value, (int, float)) and not isinstance(value, bool))
         if not valid or (field == "count" and float(value) != int(value)):
