@@ -70,7 +70,7 @@ def attribute(model: nn.Module, images: torch.Tensor, *, method: str = "auto",
     targets = _targets(target, labels, count)
 
     with _attribution_mode(model):
-        plan, reason = (_lrp_plan(model, images[:batch_size]) if method in ("auto", "lrp") else (None, None))
+        plan, reason = (_lrp_plan(model, images[:2]) if method in ("auto", "lrp") else (None, None))
         if method == "lrp" and plan is None:
             raise ValueError(f"method='lrp' cannot explain {type(model).__name__}: {reason}. Use method='auto' "
                              "(falls back to input × gradient) or method='input_x_gradient'.")
@@ -86,11 +86,10 @@ def attribute(model: nn.Module, images: torch.Tensor, *, method: str = "auto",
             for start in range(0, count, batch_size):
                 batch = images[start:start + batch_size].to(device=device, dtype=dtype)
                 batch_targets = targets[start:start + batch_size].to(device)
-                if lrp is not None:
-                    chunks.append(lrp(batch, batch_targets))
-                else:
-                    chunks.append(_gradient_attribution(model, batch, batch_targets, method_used))
-    return torch.cat([chunk.detach().float().cpu() for chunk in chunks]), method_used
+                chunk = lrp(batch, batch_targets) if lrp is not None else \
+                    _gradient_attribution(model, batch, batch_targets, method_used)
+                chunks.append(chunk.detach().float().cpu())
+    return torch.cat(chunks), method_used
 
 
 def _targets(target: int | torch.Tensor | None, labels: torch.Tensor | None, count: int) -> torch.Tensor:

@@ -68,7 +68,7 @@ def _gaussian_kernel(kernel_size: int, sigma: float) -> torch.Tensor:
 
 
 def blur_parameters(height: int, width: int) -> tuple[int, float]:
-    """The authors' blur (kernel 41, σ = 8 for 224 px) scaled to a ``height`` × ``width`` mask: ``(kernel, sigma)``."""
+    """The authors' blur (kernel 41, σ = 8 at 224 px) scaled to a ``height`` × ``width`` mask: ``(kernel, sigma)``."""
     scale = min(height, width) / _REFERENCE_SIDE
     return 2 * round(_REFERENCE_RADIUS * scale) + 1, _REFERENCE_SIGMA * scale
 
