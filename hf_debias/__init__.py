@@ -19,6 +19,7 @@ _EXPORTS = {
     "DebiasModel": "model", "DebiasOutput": "model", "get_debias_model": "model",
     "ModelCardInfo": "hub", "load_model": "hub", "push_folder": "hub",
     "DebiasTrainer": "trainer", "DebiasTrainingArguments": "training_args",
+    "attribute": "attribution", "save_heatmap_grid": "heatmaps",
 }
 _SUBMODULES = ("functional", "models")
 

@@ -26,7 +26,6 @@ import torch.nn.functional as F
 from transformers import EvalPrediction, Trainer, TrainingArguments
 from transformers.modeling_outputs import ImageClassifierOutput
 from transformers.trainer_pt_utils import LabelSmoother
-from transformers.trainer_utils import default_compute_objective
 
 from ._validation import check_batch_size
 from .config import CONFIG_NAME, DebiasConfig
@@ -159,11 +158,20 @@ class DebiasTrainer(Trainer):
             _check_training_data(self.train_dataset, self.bias_label_column, self.args, config)
         return self._attach_correction(model, config, announce=True)
 
-    def hyperparameter_search(self, hp_space=None, compute_objective=None, *args, **kwargs):
-        """Trainer's search; the default objective ignores the group ids and sizes among the metrics (they are
-        not measures of the model)."""
-        return super().hyperparameter_search(
-            hp_space, compute_objective if compute_objective is not None else _default_objective, *args, **kwargs)
+    def hyperparameter_search(self, hp_space=None, compute_objective=None, n_trials: int = 20,
+                              direction: str | list[str] | None = None, *args, **kwargs):
+        """Trainer's search. Without ``compute_objective`` the objective is ``hf_debias.sweep.SweepObjective()``,
+        the eval set's worst-group accuracy, maximised, checked before any trial trains (Trainer's own default,
+        the sum of every metric minimised, would minimise accuracy); a test split is refused. Pass
+        ``compute_objective=SweepObjective("accuracy")`` (for example) where the eval set has no bias column."""
+        from .sweep import SweepObjective, check_objective
+
+        if compute_objective is None:
+            compute_objective = SweepObjective()
+            check_objective(compute_objective, self)
+            direction = direction if direction is not None else compute_objective.direction
+        return super().hyperparameter_search(hp_space, compute_objective, n_trials,
+                                             direction if direction is not None else "minimize", *args, **kwargs)
 
     def _label_smoother(self, epsilon: float) -> LabelSmoother | None:
         if not epsilon:
@@ -447,13 +455,6 @@ def debias_config_differences(saved: DebiasConfig | None, current: DebiasConfig 
             differences.append(f"cav: the checkpoint's CAV and this run's ({current_cav.name_or_path!r}) differ "
                                f"in {', '.join(changed)}")
     return differences
-
-
-def _default_objective(metrics: dict[str, float]) -> float:
-    """Trainer's default objective over the metrics that measure the model (not group ids and sizes)."""
-    return default_compute_objective({key: value for key, value in metrics.items()
-                                      if not is_group_structure_key(key) and parse_group_key(key) is None})
-
 
 
 def _read_baseline(path: str | None, split_names: list[str]) -> dict[str, dict[str, float]]:

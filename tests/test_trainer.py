@@ -723,16 +723,23 @@ class TestNoSilentResults:
         trainer.log({"loss": 0.5})
         assert trainer.state.log_history[-1]["penalty"] == pytest.approx(3.25e-9, rel=1e-6)
 
-    def test_the_default_search_objective_ignores_group_ids_and_sizes(self):
-        from transformers.trainer_utils import default_compute_objective
+    def test_the_default_search_objective_is_validation_worst_group_accuracy_maximised(self, tmp_path, monkeypatch):
+        """Trainer's own default (the sum of the metrics, minimised) would minimise accuracy."""
+        from transformers import Trainer
 
-        from hf_debias.trainer import _default_objective
-
-        metrics = {"eval_loss": 0.7, "eval_accuracy": 0.5, "eval_worst_group_accuracy": 0.25,
-                   "eval_worst_group_label": 2, "eval_worst_group_bias": 1, "eval_worst_group_count": 40,
-                   "eval_group_2_1_accuracy": 0.25, "eval_group_2_1_count": 40, "eval_group_2_1_aligned": False}
-        assert _default_objective(dict(metrics)) == pytest.approx(default_compute_objective(
-            {"eval_loss": 0.7, "eval_accuracy": 0.5, "eval_worst_group_accuracy": 0.25}))
+        seen = {}
+        monkeypatch.setattr(Trainer, "hyperparameter_search", lambda self, hp_space, objective, n_trials, direction,
+                            *args, **kwargs: seen.update(objective=objective, direction=direction))
+        trainer = DebiasTrainer(model=models()["timm"], args=arguments(tmp_path), train_dataset=tiny_dataset(),
+                                eval_dataset=tiny_dataset())
+        trainer.hyperparameter_search(n_trials=2)
+        assert seen["direction"] == "maximize"
+        assert seen["objective"]({"eval_worst_group_accuracy": 0.25, "eval_accuracy": 0.9}) == 0.25
+        trainer.hyperparameter_search(compute_objective=lambda metrics: 1.0)
+        assert seen["direction"] == "minimize"  # a user objective keeps Trainer's default direction
+        with pytest.raises(ValueError, match="test split"):
+            from hf_debias.sweep import SweepObjective
+            SweepObjective(split="test")
 
 
 class TestSecrets:
