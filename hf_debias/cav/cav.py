@@ -24,7 +24,7 @@ from .. import __version__
 from .._validation import check_choice
 from ..config import read_json_object
 from .fitting import CAV_METHODS, ConceptStatistics, auc_warning, check_concept_labels, fit_direction, held_out_auc
-from .pooling import POOLINGS
+from .pooling import POOLINGS, SPATIAL
 
 CAV_WEIGHTS_NAME = "cav.safetensors"
 CAV_CONFIG_NAME = "cav_config.json"
@@ -43,6 +43,9 @@ class CAV:
         method: how it was fitted (``CAV_METHODS``); fit_params: what the fit chose (e.g. the SVM's ``C``).
         base_model_name_or_path / revision: the model it was computed on.
         num_samples / num_concept_samples: the samples it was fitted on, and how many showed the concept.
+        spatial_shape: for a spatial CAV (``pooling="none"``) the positions it spans, ``[H, W]`` of a conv map or
+            ``[T]`` tokens: the vector then holds ``H * W * C`` (or ``T * C``) entries, positions in order and channels
+            last, and fits only activations of exactly that shape (the same input size). ``None`` otherwise.
         concept_mean / clean_mean: mean projection ``h · pool(a)`` of samples with (μ⁺) and without (μ⁻) the
             concept, which ClArC's projections move samples to.
         quality: figures such as ``auc`` (concept detection on held-out samples, with the ``held_out_with`` /
@@ -61,6 +64,7 @@ class CAV:
     concept_mean: float | None = None
     clean_mean: float | None = None
     quality: dict[str, float | int | None] = field(default_factory=dict)
+    spatial_shape: list[int] | None = None
     fit_params: dict[str, Any] = field(default_factory=dict)
     hf_debias_version: str = __version__
     name_or_path: str | None = field(default=None, compare=False)
@@ -76,6 +80,10 @@ class CAV:
             raise ValueError("A CAV vector must be finite and non-zero.")
         self.vector = (vector.double() / norm).float().cpu()
         check_choice("pooling", self.pooling, POOLINGS)
+        self.spatial_shape = _check_spatial_shape(self.spatial_shape, self.pooling)
+        if self.vector.numel() % self.num_positions:
+            raise ValueError(f"A spatial CAV over positions {self.spatial_shape} needs a multiple of "
+                             f"{self.num_positions} entries, got {self.vector.numel()}.")
         check_choice("method", self.method, CAV_METHODS)
         check_metadata(self.metadata())
 
@@ -85,8 +93,21 @@ class CAV:
         super().__setattr__(name, value)
 
     @property
+    def num_positions(self) -> int:
+        """1, or the positions a spatial CAV spans."""
+        return math.prod(self.spatial_shape) if self.spatial_shape else 1
+
+    @property
     def num_channels(self) -> int:
-        return self.vector.shape[0]
+        return self.vector.shape[0] // self.num_positions
+
+    @property
+    def is_spatial(self) -> bool:
+        return self.pooling == SPATIAL
+
+    def direction(self) -> torch.Tensor:
+        """The unit vector as ``[C]``, or ``[P, C]`` (positions, channels last) for a spatial CAV."""
+        return self.vector.view(self.num_positions, self.num_channels) if self.is_spatial else self.vector
 
     # ------------------------------------------------------------------ fitting
     @classmethod
@@ -133,8 +154,12 @@ class CAV:
 
     # ------------------------------------------------------------------ use
     def project(self, pooled: torch.Tensor) -> torch.Tensor:
-        """``h · a`` for pooled activations ``[N, C]``."""
-        self.check_channels(pooled.shape[-1])
+        """``h · a`` for pooled activations ``[N, C]`` (``[N, P * C]`` for a spatial CAV)."""
+        if pooled.shape[-1] != self.vector.numel():
+            if not self.is_spatial:
+                self.check_channels(pooled.shape[-1])
+            raise ValueError(f"The spatial CAV spans {self.num_positions} positions x {self.num_channels} channels "
+                             f"({self.vector.numel()} values) but the activations have {pooled.shape[-1]}.")
         return pooled.float() @ self.vector.to(pooled.device)
 
     def evaluate(self, activations: torch.Tensor, concept_labels: object) -> float | None:
@@ -153,6 +178,19 @@ class CAV:
             warnings.warn(warning, stacklevel=2)
         return self.quality.get("auc")
 
+    def check_activation(self, activation: torch.Tensor, layer: str | None = None) -> None:
+        """Raise if a layer's activation does not fit the CAV: its channel count, and for a spatial CAV its
+        positions (a spatial CAV fits one input size only); the message names both."""
+        from .pooling import spatial_shape_of
+        from ..functional.rr_clarc import num_channels
+
+        self.check_channels(num_channels(activation), layer)
+        if self.is_spatial and spatial_shape_of(activation) != self.spatial_shape:
+            where = f"layer {layer!r}" if layer else "the activation"
+            raise ValueError(f"The spatial CAV spans positions {self.spatial_shape} but {where} has "
+                             f"{spatial_shape_of(activation)}: a spatial CAV (pooling='none') fits the input size it "
+                             "was computed at only; recompute it at this size or use a pooled CAV.")
+
     def check_channels(self, num_channels: int, layer: str | None = None) -> None:
         """Raise if the layer has another channel count than the CAV; the message names both."""
         if num_channels != self.num_channels:
@@ -168,7 +206,7 @@ class CAV:
             "num_channels": self.num_channels, "base_model_name_or_path": self.base_model_name_or_path,
             "revision": self.revision, "num_samples": self.num_samples,
             "num_concept_samples": self.num_concept_samples, "concept_mean": self.concept_mean,
-            "clean_mean": self.clean_mean, "quality": dict(self.quality), "fit_params": _jsonable(self.fit_params),
+            "clean_mean": self.clean_mean, "quality": dict(self.quality), "spatial_shape": self.spatial_shape, "fit_params": _jsonable(self.fit_params),
             "hf_debias_version": self.hf_debias_version,
         }
 
@@ -228,9 +266,14 @@ class CAV:
             raise ValueError(f"{weights_path} must hold exactly one tensor named 'cav', got {sorted(tensors)}.")
         vector = tensors["cav"]
         expected = metadata.pop("num_channels")
-        if vector.dim() != 1 or vector.numel() != expected:
+        try:
+            positions = math.prod(_check_spatial_shape(metadata.get("spatial_shape"), metadata["pooling"]) or [1])
+        except ValueError as err:
+            raise ValueError(f"{config_path}: {err}") from None
+        if vector.dim() != 1 or vector.numel() != expected * positions:
+            spatial = f" over {positions} positions" if metadata.get("spatial_shape") else ""
             raise ValueError(f"{weights_path} holds a CAV of shape {tuple(vector.shape)}, but {config_path.name} "
-                             f"says num_channels={expected}.")
+                             f"says num_channels={expected}{spatial}.")
         known = {f.name for f in dataclasses.fields(cls) if f.init and f.name not in ("vector", "name_or_path")}
         unknown = sorted(set(metadata) - known)
         if unknown:
@@ -243,13 +286,29 @@ class CAV:
     def __repr__(self) -> str:
         quality = ", ".join(f"{key}={value:.3f}" if isinstance(value, float) else f"{key}={value}"
                             for key, value in self.quality.items())  # counts (held_out_with) as integers
-        return (f"CAV(concept={self.concept!r}, layer={self.layer!r}, channels={self.num_channels}, "
+        spatial = f", positions={self.spatial_shape}" if self.is_spatial else ""
+        return (f"CAV(concept={self.concept!r}, layer={self.layer!r}, channels={self.num_channels}{spatial}, "
                 f"method={self.method!r}, pooling={self.pooling!r}, samples={self.num_samples}"
                 f"{', ' + quality if quality else ''})")
 
 
 _TEXT_FIELDS = ("concept", "layer", "base_model_name_or_path", "revision")
 _COUNT_FIELDS = ("num_channels", "num_samples", "num_concept_samples")
+
+
+def _check_spatial_shape(shape: object, pooling: str) -> list[int] | None:
+    """A spatial CAV's positions: a list of integers >= 1 (``[]`` for an already pooled ``[N, C]`` layer), given
+    exactly when ``pooling == "none"``."""
+    if pooling != SPATIAL:
+        if shape is not None:
+            raise ValueError(f"field 'spatial_shape' is only for spatial CAVs (pooling='none'); this CAV has "
+                             f"pooling={pooling!r} and spatial_shape={shape!r}.")
+        return None
+    if not isinstance(shape, (list, tuple)) or len(shape) > 2 or any(
+            isinstance(size, bool) or not isinstance(size, numbers.Integral) or size < 1 for size in shape):
+        raise ValueError(f"field 'spatial_shape' of a spatial CAV (pooling='none') must list the positions it "
+                         f"spans, [H, W] or [T] with integers >= 1; got {shape!r}.")
+    return [int(size) for size in shape]
 
 
 def _check_number(name: str, value: object) -> float:

@@ -24,7 +24,8 @@ from ..layers import resolve_layer
 from ..loading import model_device, model_identity
 from .cav import CAV
 from .fitting import CAV_METHODS, STREAMING_METHODS, ConceptStatistics, auc_warning, check_concept_labels, held_out_auc
-from .pooling import AUTO, POOLING_CHOICES, POOLINGS, PoolingChoice, auto_pooling, pool_activation
+from .pooling import (AUTO, POOLING_CHOICES, POOLINGS, SPATIAL, PoolingChoice, auto_pooling, pool_activation,
+                      spatial_shape_of)
 
 
 @torch.no_grad()
@@ -56,7 +57,9 @@ def compute_cav(model: nn.Module, layer: str | None, data: Any, *, concept: str 
             data config) and ``concept_column``.
         method: ``signal`` (default) or ``fastcav`` stream; ``svm`` / ``ridge`` / ``lasso`` / ``logistic``
             collect the pooled activations and fit a scikit-learn model.
-        pooling: ``max`` or ``mean`` over positions / tokens, ``cls`` (first token) for token models, or
+        pooling: ``max`` or ``mean`` over positions / tokens, ``cls`` (first token) for token models, ``none``
+            (a spatial CAV: every position keeps its channels, for an artifact at a fixed place; it then fits one
+            input size, and RR-ClArC penalises the gradient along the whole map), or
             ``auto`` (the default; earlier versions used ``max``): the pooling the model itself applies to the
             layer, measured by ``auto_pooling`` on the first batch (a forward and a backward pass on at most 8
             images) — ``mean`` when the layer is read through global average pooling (e.g. the last stage before
@@ -106,6 +109,7 @@ def compute_cav(model: nn.Module, layer: str | None, data: Any, *, concept: str 
     held_labels: list[torch.Tensor] = []
     every = round(1 / validation_fraction) if validation_fraction > 0 else 0
     seen = held = 0
+    spatial_shape = None
     try:
         for pixel_values, labels, index in tqdm(batches, desc="computing CAV", disable=not progress or rank > 0,
                                                 total=_num_batches(data, batch_size, world)):
@@ -117,6 +121,12 @@ def compute_cav(model: nn.Module, layer: str | None, data: Any, *, concept: str 
                 pass
             if hook.activation is None:
                 raise RuntimeError(f"Layer {ref.spec!r} did not run during the forward pass.")
+            if pooling == SPATIAL:
+                shape = spatial_shape_of(hook.activation)
+                if spatial_shape is not None and shape != spatial_shape:
+                    raise ValueError(f"pooling='none' (a spatial CAV) needs one input size: layer {ref.spec!r} gave "
+                                     f"positions {spatial_shape} and then {shape}; resize the images to one size.")
+                spatial_shape = shape
             pooled = pool_activation(hook.activation, pooling).float().cpu()
             seen += labels.numel()
             take = held_out_mask(index, every) if every else torch.zeros_like(index, dtype=torch.bool)
@@ -155,7 +165,7 @@ def compute_cav(model: nn.Module, layer: str | None, data: Any, *, concept: str 
         raise ValueError("data yielded no samples.")
     name, revision = model_identity(model)
     metadata = dict(concept=concept, layer=ref.spec, pooling=pooling, base_model_name_or_path=name,
-                    revision=revision)
+                    revision=revision, spatial_shape=spatial_shape)
     if streaming:
         cav = CAV.from_statistics(stats, method=method, **metadata)
     else:
@@ -164,7 +174,7 @@ def compute_cav(model: nn.Module, layer: str | None, data: Any, *, concept: str 
     if choice is not None:
         cav.fit_params["pooling_reason"] = choice.reason
     if every:
-        rows = torch.cat(held_rows) if held_rows else torch.zeros(0, cav.num_channels)
+        rows = torch.cat(held_rows) if held_rows else torch.zeros(0, cav.vector.numel())
         labels = torch.cat(held_labels) if held_labels else torch.zeros(0, dtype=torch.long)
         cav.quality.update(held_out_auc(cav.project(rows), labels))
         warning = auc_warning(cav.quality)

@@ -9,14 +9,26 @@ import torch
 from torch import nn
 
 from .._validation import check_choice
+from ..functional.rr_clarc import channels_last
 
-POOLINGS = ("max", "mean", "cls")
+POOLINGS = ("max", "mean", "cls", "none")
 """``max`` / ``mean``: over the spatial positions of a conv map ``[N, C, H, W]`` or the tokens of ``[N, T, C]``;
-``cls``: the first token of ``[N, T, C]``. Activations that are already ``[N, C]`` are used as they are."""
+``cls``: the first token of ``[N, T, C]``; ``none``: no pooling, every position keeps its own channels (a *spatial*
+CAV, ``[N, P * C]`` with ``P`` positions, channels last: a direction that also says *where*, for an artifact at a
+fixed place such as a timestamp in a corner). Activations that are already ``[N, C]`` are used as they are."""
+
+SPATIAL = "none"
+"""The pooling of a spatial CAV."""
 
 AUTO = "auto"
 POOLING_CHOICES = (AUTO, *POOLINGS)
 """What ``compute_cav`` and ``hf-debias cav`` accept: a pooling, or ``auto`` (``auto_pooling`` chooses)."""
+
+def spatial_shape_of(activation: torch.Tensor) -> list[int]:
+    """The positions of one sample's activation: ``[H, W]`` of ``[N, C, H, W]``, ``[T]`` of ``[N, T, C]``,
+    ``[]`` for ``[N, C]``."""
+    return list(activation.shape[2:]) if activation.dim() == 4 else list(activation.shape[1:-1])
+
 
 PROBE_IMAGES = 8
 """How many images of the first batch ``auto_pooling`` runs through the whole model."""
@@ -30,10 +42,13 @@ class PoolingChoice(NamedTuple):
 
 
 def pool_activation(activation: torch.Tensor, pooling: str = "max") -> torch.Tensor:
-    """``[N, C, H, W]`` (channels first), ``[N, T, C]`` (tokens) or ``[N, C]`` to ``[N, C]``."""
+    """``[N, C, H, W]`` (channels first), ``[N, T, C]`` (tokens) or ``[N, C]`` to ``[N, C]`` (``[N, P * C]``,
+    positions in order and channels last, for ``pooling="none"``)."""
     check_choice("pooling", pooling, POOLINGS)
     if activation.dim() == 2:
         return activation
+    if pooling == SPATIAL:
+        return channels_last(activation, "activation").flatten(1)
     if activation.dim() == 4:
         if pooling == "cls":
             raise ValueError("pooling='cls' needs a token activation [N, T, C]; this layer gives a conv map "
@@ -49,13 +64,25 @@ def pool_activation(activation: torch.Tensor, pooling: str = "max") -> torch.Ten
 
 
 def shift_along(activation: torch.Tensor, direction: torch.Tensor, amount: torch.Tensor) -> torch.Tensor:
-    """Add ``amount[n] * direction`` to every position of sample ``n`` (``direction`` is ``[C]``).
+    """Add ``amount[n] * direction`` to every position of sample ``n`` (``direction`` is ``[C]``), or to the whole
+    map for a spatial direction ``[P, C]`` (positions in order, channels last, as ``pool_activation(..., "none")``).
 
     A shift that is constant over positions moves the max- and the mean-pooled activation by exactly the same
-    vector, which is what makes ClArC's projection exact for both poolings.
+    vector, which is what makes ClArC's projection exact for both poolings; a spatial shift moves the unpooled
+    activation, so its projection on the (unit) spatial direction changes by exactly ``amount``.
     """
     direction = direction.to(device=activation.device, dtype=activation.dtype)
     amount = amount.to(dtype=activation.dtype)
+    if direction.dim() == 2:
+        layout = channels_last(activation, "activation")
+        if tuple(layout.shape[1:]) != tuple(direction.shape):
+            raise ValueError(f"A spatial direction {tuple(direction.shape)} does not fit an activation with "
+                             f"{tuple(layout.shape[1:])} (positions, channels).")
+        if activation.dim() == 4:  # [P, C] -> [C, H, W]
+            direction = direction.T.reshape(activation.shape[1:])
+        elif activation.dim() == 2:
+            direction = direction[0]
+        return activation + amount.view(-1, *([1] * (activation.dim() - 1))) * direction[None]
     if activation.dim() == 4:
         return activation + amount[:, None, None, None] * direction[None, :, None, None]
     if activation.dim() == 3:

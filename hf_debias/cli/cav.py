@@ -24,7 +24,7 @@ CONTROLLED_ARTIFACT = "controlled-artifact"
 # hf_debias.cav.CAV_METHODS / POOLING_CHOICES, written out so that the parser is built without importing torch (a
 # test checks that they agree).
 CAV_METHODS = ("signal", "fastcav", "svm", "ridge", "lasso", "logistic")
-POOLING_CHOICES = ("auto", "max", "mean", "cls")
+POOLING_CHOICES = ("auto", "max", "mean", "cls", "none")
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
 
@@ -71,7 +71,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     fitting.add_argument("--pooling", default="auto", choices=POOLING_CHOICES,
                          help="how the layer's activation is pooled; auto: as the model reads the layer (mean behind "
                               "global average pooling, cls when the head reads the class token, else max, the "
-                              "paper's choice), measured on the first batch")
+                              "paper's choice), measured on the first batch; none: a spatial CAV that keeps every "
+                              "position (for an artifact at a fixed place, e.g. a timestamp; one input size only; "
+                              "use it with --debias rrclarc at an early layer and --freeze before_layer)")
     fitting.add_argument("--no-intercept", action="store_true", help="filter CAVs: fit without an intercept")
     fitting.add_argument("--validation-fraction", type=float, default=0.1,
                          help="share of samples held out for the concept-detection AUC (it warns below 20 held-out "

@@ -56,7 +56,10 @@ def rr_clarc_penalty(latent_grad: torch.Tensor, cav: torch.Tensor, *, aggregatio
 
     Args:
         latent_grad: ``∇_a [m · f̃(a)]``, shaped like the activation (see the module docstring).
-        cav: the concept direction, ``[C]``; normalised to unit length here.
+        cav: the concept direction, ``[C]``, or a spatial direction ``[P, C]`` (positions of the activation in
+            order, channels last; a spatial CAV): normalised to unit length here. A spatial direction is compared
+            with the whole gradient map at once, one projection per image, so ``l2`` and ``l2_mean`` (and the other
+            pairs) are then the same loss.
         aggregation: one of ``AGGREGATIONS``.
 
     Returns a 0-dim float32 (or wider) tensor, differentiable with respect to ``latent_grad``.
@@ -67,20 +70,28 @@ def rr_clarc_penalty(latent_grad: torch.Tensor, cav: torch.Tensor, *, aggregatio
     grad = channels_last(latent_grad)
     if grad.dtype in (torch.float16, torch.bfloat16):
         grad = grad.float()
-    if not isinstance(cav, torch.Tensor) or cav.dim() != 1 or cav.shape[0] != grad.shape[-1]:
+    spatial = isinstance(cav, torch.Tensor) and cav.dim() == 2
+    if not isinstance(cav, torch.Tensor) or cav.dim() not in (1, 2) or cav.shape[-1] != grad.shape[-1] or \
+            (spatial and cav.shape[0] != grad.shape[1]):
         shape = tuple(cav.shape) if isinstance(cav, torch.Tensor) else type(cav).__name__
-        raise ValueError(f"cav must be a 1-D tensor with one entry per channel ({grad.shape[-1]} here), got {shape}.")
-    direction = F.normalize(cav.to(device=grad.device, dtype=grad.dtype), dim=0)
-    if aggregation.endswith("_mean"):
-        grad = grad.mean(dim=1, keepdim=True)
-    projection = grad @ direction  # [N, positions]
+        raise ValueError(f"cav must be a 1-D tensor with one entry per channel ({grad.shape[-1]} here) or a spatial "
+                         f"[positions, channels] = [{grad.shape[1]}, {grad.shape[-1]}] tensor, got {shape}.")
+    direction = cav.to(device=grad.device, dtype=grad.dtype)
+    direction = direction / direction.norm().clamp_min(1e-12)
+    if spatial:
+        projection = (grad * direction).sum(dim=(1, 2))[:, None]  # [N, 1]: the whole map at once
+    else:
+        if aggregation.endswith("_mean"):
+            grad = grad.mean(dim=1, keepdim=True)
+        projection = grad @ direction  # [N, positions]
     kind = aggregation.removesuffix("_mean")
     if kind == "l2":
         values = projection.square()
     elif kind == "l1":
         values = projection.abs()
     else:  # cosine; eps keeps an all-zero gradient at 0 instead of NaN
-        values = projection.abs() / grad.norm(dim=-1).clamp_min(1e-12)
+        norm = grad.flatten(1).norm(dim=1, keepdim=True) if spatial else grad.norm(dim=-1)
+        values = projection.abs() / norm.clamp_min(1e-12)
     return values.mean()
 
 

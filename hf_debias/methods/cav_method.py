@@ -143,7 +143,7 @@ class CAVMethod(DebiasMethod):
     def check_channels(self, activation: torch.Tensor) -> None:
         """On the first forward: the layer's channel count must be the CAV's (the error names both)."""
         if not self._channels_checked:
-            self.cav.check_channels(num_channels(activation), self.layer.spec)
+            self.cav.check_activation(activation, self.layer.spec)
             self._channels_checked = True
 
 

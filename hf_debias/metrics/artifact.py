@@ -125,7 +125,14 @@ def directional_derivatives(model: nn.Module, layer: str | None, cav: CAV, image
                 logits = logits_of(model(images[start:start + batch_size].to(model_device(model))))
                 (grad,) = torch.autograd.grad(logits[:, target_class].sum(), captured["a"])
             per_position_grad = channels_last(grad).float()  # [N, P, C]
-            cav.check_channels(per_position_grad.shape[-1], ref.spec)
+            cav.check_activation(grad, ref.spec)
+            if cav.is_spatial:  # one derivative per image, along the whole map
+                if per_position:
+                    raise ValueError("A spatial CAV (pooling='none') gives one derivative per image; call "
+                                     "directional_derivatives without per_position.")
+                spatial = per_position_grad.flatten(1) @ cav.vector.to(per_position_grad.device)
+                values.append(spatial.cpu())
+                continue
             derivatives = per_position_grad @ cav.vector.to(per_position_grad.device)  # [N, P]
             values.append((derivatives if per_position else derivatives.mean(dim=1)).cpu())
     finally:

@@ -37,8 +37,8 @@ class _ShiftMethod(CAVMethod):
         self.check_channels(activation)
         if not self.shifts():
             return activation
-        direction = self.cav.vector.to(activation.device)
-        projection = pool_activation(activation, self.cav.pooling).float() @ direction
+        direction = self.cav.direction().to(activation.device)
+        projection = pool_activation(activation, self.cav.pooling).float() @ self.cav.vector.to(activation.device)
         return shift_along(activation, direction, self.target - projection)
 
     def begin_forward(self) -> None:

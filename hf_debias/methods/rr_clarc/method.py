@@ -89,7 +89,7 @@ class RRClArC(CAVMethod):
         if grad is None:
             raise ValueError(f"The logits do not depend on layer {self.layer.spec!r}; choose a layer on the path "
                              "to the classifier.")
-        value = rr_clarc_penalty(grad, self.cav.vector, aggregation=config.aggregation)
+        value = rr_clarc_penalty(grad, self.cav.direction(), aggregation=config.aggregation)
         if not value.requires_grad:
             raise ValueError(f"The RR-ClArC penalty at {self.layer.spec!r} does not depend on any trainable "
                              f"parameter (freeze={config.freeze!r}); unfreeze the layers after it.")
@@ -120,7 +120,7 @@ class RRClArC(CAVMethod):
         layer, freeze = self.layer.spec, self.config.freeze
         hint = ""
         read_as = pooling_from_gradient(grad, repr(layer))
-        if read_as.pooling != self.cav.pooling and channels_last(grad).shape[1] > 1:
+        if not self.cav.is_spatial and read_as.pooling != self.cav.pooling and channels_last(grad).shape[1] > 1:
             hint = (f" The model reads this layer through pooling={read_as.pooling!r} ({read_as.reason}), so a CAV "
                     f"computed with pooling={read_as.pooling!r} is the direction it sees; this one was computed with "
                     f"pooling={self.cav.pooling!r}")
