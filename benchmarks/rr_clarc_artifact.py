@@ -24,7 +24,7 @@ restores the random state it left), so ``--artifacts patch --classes 0`` reprodu
 
     python benchmarks/rr_clarc_artifact.py                                # 4 artifacts x classes 0, 3 x 3 seeds, ~1.5 h
     python benchmarks/rr_clarc_artifact.py --artifacts patch --classes 0  # the patch on class 0, ~13 min
-    python benchmarks/rr_clarc_artifact.py --quick                        # smoke run (~30 s), used by the tests
+    python benchmarks/rr_clarc_artifact.py --quick                        # smoke run (~40 s), used by the tests
 """
 
 from __future__ import annotations
@@ -53,6 +53,12 @@ from hf_debias.metrics.artifact import cav_alignment, directional_derivatives, m
 from hf_debias.fit_loop import FitConfig, fit, images_to_tensor, predict
 
 FILTER_METHODS = ("svm", "ridge", "lasso", "logistic")
+CORRECTIONS = ("λ=0 control", "P-ClArC", "A-ClArC", "RR-ClArC", "spatial λ=0 control", "RR-ClArC spatial",
+               "RR-ClArC chosen")
+"""The correction rows: the paper's recipe (a pooled CAV at ``--layer``, ``--freeze``) with its control and the ClArC
+baselines; the spatial recipe (a spatial CAV, ``pooling="none"``, at ``--spatial-layer`` with
+``freeze="before_layer"``) with its own λ = 0 control; and the one of the two RR-ClArC recipes that validation
+digits with and without the artifact choose (the lower of clean and attacked accuracy; never the test splits)."""
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -78,7 +84,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--lamb-grid", type=float, nargs="+", default=None,
                         help="choose RR-ClArC's λ per artifact, class and seed from these values on validation "
                              "digits (the lower of clean and attacked accuracy), instead of --lamb")
-    parser.add_argument("--n-validation", type=int, default=2000, help="validation digits for --lamb-grid")
+    parser.add_argument("--n-validation", type=int, default=2000,
+                        help="validation digits for --lamb-grid and the RR-ClArC chosen row")
+    parser.add_argument("--spatial-layer", default="stages.1",
+                        help="layer of the spatial recipe (a spatial CAV there, freeze='before_layer')")
+    parser.add_argument("--spatial-lamb", type=float, default=1000.0, help="λ of the spatial recipe")
+    parser.add_argument("--methods", nargs="+", choices=CORRECTIONS, default=list(CORRECTIONS),
+                        help="correction rows to run (default: all; 'RR-ClArC chosen' needs both RR-ClArC recipes)")
+    parser.add_argument("--no-reference", action="store_true", help="skip the no-shortcut reference model")
+    parser.add_argument("--no-filter-cavs", action="store_true",
+                        help="skip the filter CAVs' alignment (svm, ridge, lasso, logistic): the signal CAV only")
     parser.add_argument("--finetune-epochs", type=float, default=1.0, help="fine-tuning epochs of the corrections")
     parser.add_argument("--finetune-lr", type=float, default=1e-3, help="fine-tuning learning rate")
     parser.add_argument("--finetune-batch", type=int, default=64, help="fine-tuning batch size")
@@ -98,6 +113,8 @@ def parse_args(argv=None) -> argparse.Namespace:
             parser.error(f"--{name} lists a value twice: {values}.")
     if args.vanilla_only and args.lamb_grid:
         parser.error("--lamb-grid chooses RR-ClArC's λ; --vanilla-only runs no RR-ClArC.")
+    if "RR-ClArC chosen" in args.methods and not {"RR-ClArC", "RR-ClArC spatial"} <= set(args.methods):
+        parser.error("--methods 'RR-ClArC chosen' chooses between 'RR-ClArC' and 'RR-ClArC spatial': list both.")
     if args.patch_size is not None and "patch" not in args.artifacts:
         parser.error(f"--patch-size only applies to the patch artifact; --artifacts is {args.artifacts}.")
     return args
@@ -175,12 +192,12 @@ def run_seed(seed: int, kind: str, target_class: int, args, references: dict) ->
     vanilla = timm.create_model("simple_convnet", num_classes=10)
     fit(vanilla, x, y, y, FitConfig(epochs=args.epochs, seed=seed), progress=not args.quick,
         desc=f"{name}: vanilla")
-    reference = None if args.vanilla_only else no_shortcut_reference(seed, args, references)
+    reference = None if args.vanilla_only or args.no_reference else no_shortcut_reference(seed, args, references)
 
     target = y == target_class
     cavs = {"signal": compute_cav(vanilla, args.layer, (x[target], artifact[target]), concept=kind,
                                   pooling=args.pooling, progress=False)}
-    for method in FILTER_METHODS:
+    for method in () if args.no_filter_cavs else FILTER_METHODS:
         cavs[method] = compute_cav(vanilla, args.layer, (x[target], artifact[target]), concept=kind,
                                    method=method, pooling=args.pooling, progress=False)
     clean_acts = pooled(vanilla, args.layer, splits["test_clean"][0], args.pooling)
@@ -193,13 +210,19 @@ def run_seed(seed: int, kind: str, target_class: int, args, references: dict) ->
     if args.vanilla_only:
         return {"rows": rows, "cav_alignment": alignment, "lamb_selection": None,
                 "train_artifact_images": int(artifact.sum())}
-    rows["no-shortcut reference"] = evaluate(reference, splits, args.layer, cav, target_class)
+    if reference is not None:
+        rows["no-shortcut reference"] = evaluate(reference, splits, args.layer, cav, target_class)
+    spatial_cav = compute_cav(vanilla, args.spatial_layer, (x[target], artifact[target]), concept=kind,
+                              pooling="none", progress=False)
     corrections = {
         "λ=0 control": RRClArCConfig(cav=cav, lamb=0.0, freeze=args.freeze),
         "P-ClArC": PClArCConfig(cav=cav),
         "A-ClArC": AClArCConfig(cav=cav, freeze=args.freeze),
         "RR-ClArC": RRClArCConfig(cav=cav, lamb=args.lamb, freeze=args.freeze),
+        "spatial λ=0 control": RRClArCConfig(cav=spatial_cav, lamb=0.0, freeze="before_layer"),
+        "RR-ClArC spatial": RRClArCConfig(cav=spatial_cav, lamb=args.spatial_lamb, freeze="before_layer"),
     }
+    corrections = {name: config for name, config in corrections.items() if name in args.methods}
     def fine_tuned(method, config):
         model = get_debias_model(copy.deepcopy(vanilla), config)
         if method != "P-ClArC":
@@ -220,16 +243,31 @@ def run_seed(seed: int, kind: str, target_class: int, args, references: dict) ->
         corrections["RR-ClArC"] = RRClArCConfig(cav=cav, lamb=chosen, freeze=args.freeze)
         selection = {"scores": {f"{lamb:g}": score for lamb, score in scores.items()}, "chosen_lamb": chosen}
         print(f"{name}: validation min(clean, attacked) per λ {selection['scores']} -> λ={chosen:g}", flush=True)
+    models = {}
     for method, config in corrections.items():
-        rows[method] = evaluate(fine_tuned(method, config), splits, args.layer, cav, target_class)
-    return {"rows": rows, "cav_alignment": alignment, "lamb_selection": selection,
-            "train_artifact_images": int(artifact.sum()), "vanilla_model": vanilla, "cav": cav, "x": x, "y": y}
+        models[method] = fine_tuned(method, config)
+        rows[method] = evaluate(models[method], splits, args.layer, cav, target_class)
+    choice = None
+    if "RR-ClArC chosen" in args.methods:  # the recipe validation digits with the artifact prefer
+        validation = validation_pair(seed, kind, args)
+        scores = {}
+        for recipe in ("RR-ClArC", "RR-ClArC spatial"):
+            accuracy = model_artifact_accuracy(models[recipe], *validation)
+            scores[recipe] = min(accuracy["clean_accuracy"], accuracy["attacked_accuracy"])
+        chosen = max(scores, key=scores.get)
+        rows["RR-ClArC chosen"] = dict(rows[chosen])
+        choice = {"scores": scores, "chosen": chosen}
+        print(f"{name}: validation min(clean, attacked) {scores} -> {chosen}", flush=True)
+    return {"rows": rows, "cav_alignment": alignment, "lamb_selection": selection, "recipe_choice": choice,
+            "train_artifact_images": int(artifact.sum()), "vanilla_model": vanilla, "cav": cav,
+            "spatial_cav": spatial_cav, "x": x, "y": y}
 
 
-def step_times(vanilla, cav, x, y, args) -> dict[str, float]:
-    """Median ms per fine-tuning step, RR-ClArC vs the λ = 0 control, alternating blocks in one process."""
-    models = {name: get_debias_model(copy.deepcopy(vanilla), RRClArCConfig(cav=cav, lamb=lamb, freeze=args.freeze))
-              for name, lamb in (("control", 0.0), ("rrclarc", args.lamb))}
+def step_times(vanilla, cav, x, y, args, *, lamb: float, freeze: str) -> dict[str, float]:
+    """Median ms per fine-tuning step, RR-ClArC vs the λ = 0 control (same CAV, same freeze policy), alternating
+    blocks in one process."""
+    models = {name: get_debias_model(copy.deepcopy(vanilla), RRClArCConfig(cav=cav, lamb=value, freeze=freeze))
+              for name, value in (("control", 0.0), ("rrclarc", lamb))}
     optimisers = {name: torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-4)
                   for name, model in models.items()}
     times: dict[str, list[float]] = {name: [] for name in models}
@@ -304,9 +342,11 @@ def markdown(combinations: list[dict], timing: dict | None, throughput: dict | N
                          f"{values['alignment']:.3f} | {values['alignment_of_means']:.3f} | "
                          f"{values.get('auc', float('nan')):.3f} |")
     if timing is not None:
-        lines += ["", f"Step time: RR-ClArC {timing['rrclarc_ms']:.1f} ms vs λ=0 control {timing['control_ms']:.1f} "
-                      f"ms (ratio {timing['ratio']:.2f}x, same freeze policy).",
-                  f"CAV pass: {throughput['cav_images_per_s']:.0f} images/s vs inference "
+        lines.append("")
+        for recipe, times in timing.items():
+            lines.append(f"Step time ({recipe} recipe): RR-ClArC {times['rrclarc_ms']:.1f} ms vs its λ=0 control "
+                         f"{times['control_ms']:.1f} ms (ratio {times['ratio']:.2f}x, same freeze policy).")
+        lines += [f"CAV pass: {throughput['cav_images_per_s']:.0f} images/s vs inference "
                   f"{throughput['inference_images_per_s']:.0f} images/s (ratio {throughput['ratio']:.2f})."]
     return "\n".join(lines) + "\n"
 
@@ -329,11 +369,15 @@ def main(argv=None) -> dict:
             combinations.append({
                 "artifact": kind, "target_class": target_class, "summary": summarise(per_seed),
                 "per_seed": [{key: value for key, value in seed.items()
-                              if key in ("rows", "cav_alignment", "train_artifact_images", "lamb_selection")}
+                              if key in ("rows", "cav_alignment", "train_artifact_images", "lamb_selection",
+                                         "recipe_choice")}
                              for seed in per_seed]})
     timing = throughput = None
     if not args.vanilla_only:
-        timing = step_times(last["vanilla_model"], last["cav"], last["x"], last["y"], args)
+        timing = {"pooled": step_times(last["vanilla_model"], last["cav"], last["x"], last["y"], args,
+                                       lamb=args.lamb, freeze=args.freeze),
+                  "spatial": step_times(last["vanilla_model"], last["spatial_cav"], last["x"], last["y"], args,
+                                        lamb=args.spatial_lamb, freeze="before_layer")}
         throughput = cav_throughput(last["vanilla_model"], last["x"][:2000 if args.quick else 10_000], args.layer,
                                     repeats=1 if args.quick else 3)
     results.update({"combinations": combinations, "step_time": timing, "cav_throughput": throughput,

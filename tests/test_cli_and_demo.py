@@ -324,10 +324,15 @@ def test_rr_clarc_benchmark_quick_mode(tmp_path):
     assert set(selection["scores"]) == {"0", "1000"} and selection["chosen_lamb"] in (0.0, 1000.0)
     assert selection["scores"][f"{selection['chosen_lamb']:g}"] == max(selection["scores"].values())
     rows = combination["summary"]["accuracy"]
-    assert set(rows) == {"vanilla", "no-shortcut reference", "λ=0 control", "P-ClArC", "A-ClArC", "RR-ClArC"}
+    assert set(rows) == {"vanilla", "no-shortcut reference", "λ=0 control", "P-ClArC", "A-ClArC", "RR-ClArC",
+                         "spatial λ=0 control", "RR-ClArC spatial", "RR-ClArC chosen"}
     assert all(0.0 <= row["attacked_accuracy"]["mean"] <= 1.0 for row in rows.values())
+    choice = combination["per_seed"][0]["recipe_choice"]  # chosen on validation digits: the better of the two there
+    assert choice["chosen"] == max(choice["scores"], key=choice["scores"].get)
+    assert combination["per_seed"][0]["rows"]["RR-ClArC chosen"] == combination["per_seed"][0]["rows"][choice["chosen"]]
     assert set(combination["summary"]["cav_alignment"]) == {"signal", "svm", "ridge", "lasso", "logistic"}
-    assert results["step_time"]["ratio"] > 0 and results["cav_throughput"]["ratio"] > 0
+    assert results["step_time"]["pooled"]["ratio"] > 0 and results["step_time"]["spatial"]["ratio"] > 0
+    assert results["cav_throughput"]["ratio"] > 0
     assert "| patch | 0 | RR-ClArC |" in (tmp_path / "rr.md").read_text()
 
 
