@@ -128,7 +128,9 @@ def load_data(data_args: DataArguments, bias_label_column: str | None = None, *,
     if hasattr(labels, "num_classes"):  # a ClassLabel: the classes of the whole dataset, not of one split
         num_classes, class_names = labels.num_classes, list(labels.names)
     else:
-        num_classes, class_names = 1 + max(max(split["labels"]) for split in splits.values() if len(split)), None
+        # the splits this run reads only: a sweep never reads a test split, not even its labels
+        num_classes = 1 + max(max(splits[name]["labels"]) for name in ("train", *eval_names) if len(splits[name]))
+        class_names = None
     bias = splits["train"].features.get(BIAS_COLUMN)
     bias_names = list(bias.names) if hasattr(bias, "names") else None
     train = splits["train"]
