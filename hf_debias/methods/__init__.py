@@ -5,6 +5,7 @@ from .cav_method import CAVConfig
 from .clarc import AClArC, AClArCConfig, PClArC, PClArCConfig
 from .end import EnD, EnDConfig
 from .rr_clarc import RRClArC, RRClArCConfig
+from .rrr import RRR, RRRConfig
 
 __all__ = ["AClArC", "AClArCConfig", "CAVConfig", "DebiasMethod", "EnD", "EnDConfig", "PClArC", "PClArCConfig",
-           "Penalty", "RRClArC", "RRClArCConfig", "method_class_for"]
+           "Penalty", "RRClArC", "RRClArCConfig", "RRR", "RRRConfig", "method_class_for"]
