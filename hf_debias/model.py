@@ -1,8 +1,9 @@
 """``get_debias_model``: wrap any image classifier so that its loss carries a bias-correction penalty.
 
-The wrapper's ``forward(pixel_values, labels=None, bias_labels=None)`` has an explicit signature (no
+The wrapper's ``forward(pixel_values, labels=None, bias_labels=None, masks=None)`` has an explicit signature (no
 ``**kwargs``), so ``transformers.Trainer`` keeps the ``bias_labels`` column and treats it as a label, and a
-plain PyTorch loop can call it directly.
+plain PyTorch loop can call it directly. ``masks`` (per-image masks of the artifact) reach the methods that
+declare ``needs_masks`` (RRR); the others ignore them, as methods without bias labels ignore ``bias_labels``.
 """
 
 from __future__ import annotations
@@ -68,7 +69,7 @@ class DebiasModel(nn.Module):
         check_same_on_every_process("debias configuration", self.method.fingerprint())
 
     def forward(self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None,
-                bias_labels: torch.Tensor | None = None) -> DebiasOutput:
+                bias_labels: torch.Tensor | None = None, masks: torch.Tensor | None = None) -> DebiasOutput:
         if self.method is None:
             raise RuntimeError("This DebiasModel was unloaded; use the model that unload() returned.")
         if not isinstance(pixel_values, torch.Tensor) or pixel_values.dim() < 2:
@@ -84,11 +85,11 @@ class DebiasModel(nn.Module):
         if self.training and not self.method.compile_safe and torch.compiler.is_compiling():
             # The penalty differentiates through hooked activations (double backward), which a compiled graph
             # does not expose: this step runs eagerly; evaluation stays compiled.
-            return torch.compiler.disable(self._forward)(pixel_values, labels, bias_labels)
-        return self._forward(pixel_values, labels, bias_labels)
+            return torch.compiler.disable(self._forward)(pixel_values, labels, bias_labels, masks)
+        return self._forward(pixel_values, labels, bias_labels, masks)
 
     def _forward(self, pixel_values: torch.Tensor, labels: torch.Tensor | None,
-                 bias_labels: torch.Tensor | None) -> DebiasOutput:
+                 bias_labels: torch.Tensor | None, masks: torch.Tensor | None = None) -> DebiasOutput:
         self.method.begin_forward()
         with self.method.forward_context():
             logits = logits_of(self.model(pixel_values))
@@ -97,7 +98,8 @@ class DebiasModel(nn.Module):
         ce_loss = F.cross_entropy(logits.float(), labels)
         if not self.training:
             return DebiasOutput(loss=ce_loss, logits=logits, ce_loss=ce_loss)
-        penalty = self.method.penalty(logits=logits, labels=labels, bias_labels=bias_labels)
+        mask_inputs = {"masks": masks} if getattr(self.method, "needs_masks", False) else {}
+        penalty = self.method.penalty(logits=logits, labels=labels, bias_labels=bias_labels, **mask_inputs)
         return DebiasOutput(loss=ce_loss + penalty.total, logits=logits, ce_loss=ce_loss,
                             penalty=penalty.total, penalty_terms=penalty.terms)
 

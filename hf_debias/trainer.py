@@ -67,6 +67,7 @@ class DebiasTrainer(Trainer):
             _check_label_columns(dataset, ("labels", self.bias_label_column),
                                  "evaluation" if split is None else f"evaluation ({split!r})")
         config = self._debias_config_for(args)
+        self.mask_column = _mask_column_of(config)
         if config is not None:
             _check_training_data(train_dataset, self.bias_label_column, args, config)
         if model is not None:
@@ -154,6 +155,7 @@ class DebiasTrainer(Trainer):
             self._hp_search_setup(trial)  # Trainer applies the trial only after building the model
         model = super().call_model_init(trial)
         config = self._debias_config_for(self.args)
+        self.mask_column = _mask_column_of(config)
         if config is not None and getattr(self, "train_dataset", None) is not None:  # None inside __init__
             _check_training_data(self.train_dataset, self.bias_label_column, self.args, config)
         return self._attach_correction(model, config, announce=True)
@@ -184,10 +186,10 @@ class DebiasTrainer(Trainer):
         return LabelSmoother(epsilon=epsilon)
 
     def _set_signature_columns_if_needed(self) -> None:
-        """Keep ``pixel_values``, ``labels`` and the bias column through ``remove_unused_columns``, whatever the
-        model's ``forward`` is called with (a timm model's ``forward(x)``)."""
+        """Keep ``pixel_values``, ``labels``, the bias column and the correction's mask column (RRR) through
+        ``remove_unused_columns``, whatever the model's ``forward`` is called with (a timm model's ``forward(x)``)."""
         super()._set_signature_columns_if_needed()
-        for column in ("pixel_values", "labels", self.bias_label_column):
+        for column in ("pixel_values", "labels", self.bias_label_column, *filter(None, [self.mask_column])):
             if column not in self._signature_columns:
                 self._signature_columns.append(column)
 
@@ -229,10 +231,11 @@ class DebiasTrainer(Trainer):
         inputs = self._checked_batch(inputs)
         labels = inputs.pop("labels", None)
         bias_labels = inputs.pop(self.bias_label_column, None)
+        masks = inputs.pop(self.mask_column, None) if self.mask_column else None  # RRR's per-image masks
         pixel_values = inputs["pixel_values"]
         ce_loss = penalty = None
         if isinstance(unwrap_model(model, through_debias=False), DebiasModel):
-            outputs = model(pixel_values, labels=labels, bias_labels=bias_labels)
+            outputs = model(pixel_values, labels=labels, bias_labels=bias_labels, masks=masks)
             logits, ce_loss, penalty = outputs.logits, outputs.ce_loss, outputs.penalty
             if outputs.penalty_terms is not None:
                 self._add_loss_parts(ce_loss=outputs.ce_loss, penalty=outputs.penalty, **outputs.penalty_terms)
@@ -512,9 +515,14 @@ def _check_label_columns(dataset, columns, which: str) -> None:
 
 
 def _check_training_data(dataset, bias_column: str, args: TrainingArguments, config: DebiasConfig) -> None:
-    """Fail early on a missing bias column; warn where the penalty would silently have nothing to work on."""
+    """Fail early on a missing bias or mask column; warn where the penalty would silently have nothing to work on."""
     needs_bias = method_class_for(config).needs_bias_labels
     names = getattr(dataset, "column_names", None)
+    mask_column = _mask_column_of(config)
+    if mask_column is not None and names is not None and mask_column not in names:
+        raise ValueError(f"--debias {config.debias_method} needs a mask per image, but the training dataset has no "
+                         f"column {mask_column!r}; its columns are {names}. Pass --rrr_mask_column NAME "
+                         "(mask_column=... in the config).")
     if needs_bias and names is not None:
         if bias_column not in names:
             raise ValueError(f"--debias {config.debias_method} needs a bias label per sample, but the training "
@@ -528,6 +536,13 @@ def _check_training_data(dataset, bias_column: str, args: TrainingArguments, con
         warnings.warn(f"per_device_train_batch_size={args.per_device_train_batch_size}: {config.debias_method}'s "
                       "penalty compares samples within a batch and has no pairs at batch size 1, so it is always 0.",
                       stacklevel=3)
+
+
+def _mask_column_of(config: DebiasConfig | None) -> str | None:
+    """The dataset column of per-image masks that ``config``'s method reads (RRR), else None."""
+    if config is None or not getattr(method_class_for(config), "needs_masks", False):
+        return None
+    return config.mask_column
 
 
 def _aligned_bias_of(dataset, bias_column: str) -> dict[int, int] | None:
