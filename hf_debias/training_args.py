@@ -19,6 +19,7 @@ from .config import DebiasConfig, _CONFIG_CLASSES, available_methods
 from .freezing import FREEZE_POLICIES
 from .functional.end import PAIRINGS
 from .functional.rr_clarc import AGGREGATIONS, GRADIENT_TARGETS
+from .methods.rrr.penalty import RRR_AGGREGATIONS, RRR_GRADIENT_TARGETS
 
 DEBIAS_CHOICES = ("none", *available_methods())
 
@@ -56,8 +57,8 @@ class DebiasTrainingArguments(TrainingArguments):
     allow_cav_mismatch: bool = field(default=False, metadata={
         "help": "use a CAV recorded for another layer or base model (warns instead of refusing)"})
     freeze: str = field(default="conv_norm", metadata={
-        "help": "rrclarc / aclarc: what stays frozen: conv_norm (the paper: convolutions and norms), before_layer "
-                "(everything up to the layer), none", "choices": list(FREEZE_POLICIES)})
+        "help": "rrclarc / aclarc / rrr: what stays frozen: conv_norm (the paper: convolutions and norms), "
+                "before_layer (everything up to the layer), none", "choices": list(FREEZE_POLICIES)})
     rrclarc_lamb: float = field(default=1.0, metadata={"help": "RR-ClArC: penalty weight lambda (>= 0)"})
     rrclarc_gradient_target: str = field(default="random_signs", metadata={
         "help": "RR-ClArC: what is differentiated (official_logprobs: the official code's log(softmax + 1e-5))",
@@ -67,6 +68,17 @@ class DebiasTrainingArguments(TrainingArguments):
     rrclarc_aggregation: str = field(default="l2_mean", metadata={
         "help": "RR-ClArC: how the latent gradient's projection is aggregated (l2_mean: the paper)",
         "choices": list(AGGREGATIONS)})
+    rrr_lamb: float = field(default=1.0, metadata={"help": "RRR: penalty weight lambda (>= 0)"})
+    rrr_mask_column: str = field(default="artifact_mask", metadata={
+        "help": "RRR: dataset column with one mask per image ([H, W], 1 = the artifact region whose input gradient "
+                "is penalised, the image's size)"})
+    rrr_gradient_target: str = field(default="log_prob_sum", metadata={
+        "help": "RRR: what is differentiated with respect to the input (log_prob_sum: Ross et al.'s sum of "
+                "log-probabilities; official_logprobs: the RR-ClArC code's mean of log(softmax + 1e-5))",
+        "choices": list(RRR_GRADIENT_TARGETS)})
+    rrr_aggregation: str = field(default="l2", metadata={
+        "help": "RRR: l2 (Ross et al.: squared input gradient inside the mask) or official_cosine (the RR-ClArC "
+                "code: cosine similarity of |gradient| and the mask)", "choices": list(RRR_AGGREGATIONS)})
     bias_description: str | None = field(default=None, metadata={
         "help": "model card: the bias that is corrected, in words (e.g. 'background colour')"})
     baseline_results: str | None = field(default=None, metadata={
