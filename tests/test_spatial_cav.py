@@ -66,6 +66,7 @@ def test_a_spatial_cav_round_trips_and_hand_edited_shapes_are_refused(tmp_path):
     cav.save_pretrained(tmp_path / "cav")
     loaded = CAV.from_pretrained(tmp_path / "cav")
     assert loaded.spatial_shape == [8, 8] and torch.equal(loaded.vector, cav.vector)
+    assert loaded.pooling_description == "none (spatial, 8x8 positions)" and "positions=[8, 8]" in repr(loaded)
     config_path = tmp_path / "cav" / "cav_config.json"
     original = json.loads(config_path.read_text())
     for bad, message in (([8, 4], "says num_channels=32 over 32 positions"), ([-8, 8], "integers >= 1"),

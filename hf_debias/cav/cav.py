@@ -105,6 +105,13 @@ class CAV:
     def is_spatial(self) -> bool:
         return self.pooling == SPATIAL
 
+    @property
+    def pooling_description(self) -> str:
+        """The pooling in words, for cards and logs: ``mean``, or ``none (spatial, 10x10 positions)``."""
+        if not self.is_spatial:
+            return self.pooling
+        return f"none (spatial, {'x'.join(map(str, self.spatial_shape)) or '1'} positions)"
+
     def direction(self) -> torch.Tensor:
         """The unit vector as ``[C]``, or ``[P, C]`` (positions, channels last) for a spatial CAV."""
         return self.vector.view(self.num_positions, self.num_channels) if self.is_spatial else self.vector

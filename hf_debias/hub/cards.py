@@ -334,7 +334,7 @@ def cav_card(cavs: Mapping[str, CAV], *, repo_id: str) -> ModelCard:
         rows.append({"folder": folder or ".", "concept": cav.concept or "-", "layer": cav.layer,
                      "base_model": recordable_name(cav.base_model_name_or_path) or "-",
                      "num_channels": cav.num_channels,
-                     "method": cav.method, "pooling": cav.pooling, "num_samples": cav.num_samples,
+                     "method": cav.method, "pooling": cav.pooling_description, "num_samples": cav.num_samples,
                      "num_concept_samples": cav.num_concept_samples, "auc": describe_auc(cav.quality)})
     bases = {_hub_id(cav.base_model_name_or_path) for cav in cavs.values()} - {None}
     model_name = repo_id.rstrip("/").split("/")[-1]
