@@ -336,6 +336,14 @@ def test_rr_clarc_benchmark_quick_mode(tmp_path):
     assert "| patch | 0 | RR-ClArC |" in (tmp_path / "rr.md").read_text()
 
 
+def test_rr_clarc_probes_quick_mode(tmp_path):
+    results = load_benchmark("rr_clarc_probes").main(["--quick", "--output", str(tmp_path / "probes.json")])
+    assert set(results["rows"]) == {"vanilla", "pooled@stages.3 λ=1000", "subspace-4 λ=1000",
+                                    "spatial@stages.1 λ=1000", "oracle-head"}
+    assert all(0.0 <= row["attacked_accuracy"] <= 1.0 for row in results["rows"].values())
+    assert "| spatial@stages.1 λ=1000 |" in (tmp_path / "probes.md").read_text()
+
+
 def test_speed_benchmarks_quick_modes(tmp_path):
     speed = load_benchmark("end_speed").main(["--quick", "--output", str(tmp_path / "speed.json")])
     for pairing in ("all", "reference"):
