@@ -98,7 +98,7 @@ class DebiasModel(nn.Module):
         ce_loss = F.cross_entropy(logits.float(), labels)
         if not self.training:
             return DebiasOutput(loss=ce_loss, logits=logits, ce_loss=ce_loss)
-        mask_inputs = {"masks": masks} if getattr(self.method, "needs_masks", False) else {}
+        mask_inputs = {"masks": masks} if self.method.needs_masks else {}
         penalty = self.method.penalty(logits=logits, labels=labels, bias_labels=bias_labels, **mask_inputs)
         return DebiasOutput(loss=ce_loss + penalty.total, logits=logits, ce_loss=ce_loss,
                             penalty=penalty.total, penalty_terms=penalty.terms)

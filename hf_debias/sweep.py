@@ -52,6 +52,8 @@ DEFAULT_SEARCH_SPACES: dict[str, dict[str, dict[str, Any]]] = {
     # The paper swept lambda log-wise from 0.05 to 1e7; validation picked 1,000 among 100 / 1,000 / 10,000 on the
     # controlled artifact (BENCHMARKS.md section 4).
     "rrclarc": {"rrclarc_lamb": {"type": "float", "low": 0.1, "high": 1e5, "log": True}},
+    # The RR-ClArC authors swept RRR's lambda from 0.05 to 1e7; the squared input gradient is small per pixel.
+    "rrr": {"rrr_lamb": {"type": "float", "low": 0.1, "high": 1e5, "log": True}},
 }
 """The default search space of each method that has a numeric hyper-parameter (``hf-debias sweep`` without
 ``--search_space``)."""

@@ -540,7 +540,7 @@ def _check_training_data(dataset, bias_column: str, args: TrainingArguments, con
 
 def _mask_column_of(config: DebiasConfig | None) -> str | None:
     """The dataset column of per-image masks that ``config``'s method reads (RRR), else None."""
-    if config is None or not getattr(method_class_for(config), "needs_masks", False):
+    if config is None or not method_class_for(config).needs_masks:
         return None
     return config.mask_column
 

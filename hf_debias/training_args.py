@@ -19,7 +19,7 @@ from .config import DebiasConfig, _CONFIG_CLASSES, available_methods
 from .freezing import FREEZE_POLICIES
 from .functional.end import PAIRINGS
 from .functional.rr_clarc import AGGREGATIONS, GRADIENT_TARGETS
-from .methods.rrr.penalty import RRR_AGGREGATIONS, RRR_GRADIENT_TARGETS
+from .functional.rrr import RRR_AGGREGATIONS, RRR_GRADIENT_TARGETS
 
 DEBIAS_CHOICES = ("none", *available_methods())
 

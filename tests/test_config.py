@@ -46,7 +46,7 @@ def test_invalid_values_fail_at_construction(kwargs, message):
 
 
 def test_unknown_method_lists_the_known_ones(tmp_path):
-    with pytest.raises(ValueError, match=r"debias_method='fancy' is not a known method; choose one of: \['aclarc', 'end', 'pclarc', 'rrclarc'\]"):
+    with pytest.raises(ValueError, match=r"debias_method='fancy' is not a known method; choose one of: \['aclarc', 'end', 'pclarc', 'rrclarc', 'rrr'\]"):
         DebiasConfig.from_dict({"debias_method": "fancy"})
     with pytest.raises(FileNotFoundError, match="debias_config.json"):
         DebiasConfig.from_pretrained(tmp_path)

@@ -15,7 +15,7 @@ from torch import nn
 from transformers import ViTConfig, ViTForImageClassification
 
 from hf_debias import DebiasConfig, DebiasModel, RRRConfig, get_debias_model, load_model
-from hf_debias.methods.rrr.penalty import rrr_penalty
+from hf_debias.functional.rrr import rrr_penalty
 from hf_debias.trainer import DebiasTrainer, DebiasTrainingArguments
 from hub_cache import offline_cache, publish
 

@@ -142,7 +142,7 @@ def test_search_spaces_accept_trainer_fields_and_map_onto_optuna_suggestions(tmp
     assert default_search_space("rrclarc") == {"rrclarc_lamb": {"type": "float", "low": 0.1, "high": 1e5,
                                                                 "log": True}}
     with pytest.raises(ValueError, match=r"--debias pclarc has no default search space \(the defaults cover end, "
-                                         r"rrclarc\)"):
+                                         r"rrclarc, rrr\)"):
         default_search_space("pclarc")
 
 

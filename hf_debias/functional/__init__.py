@@ -3,6 +3,7 @@
 from .end import PAIRINGS, end_penalty, end_terms
 from .rr_clarc import (AGGREGATIONS, GRADIENT_TARGETS, OFFICIAL_LOGPROBS_EPS, gradient_target_output,
                        latent_gradient, rr_clarc_penalty)
+from .rrr import check_masks, rrr_penalty
 
 __all__ = ["AGGREGATIONS", "GRADIENT_TARGETS", "OFFICIAL_LOGPROBS_EPS", "PAIRINGS", "end_penalty", "end_terms",
-           "gradient_target_output", "latent_gradient", "rr_clarc_penalty"]
+           "check_masks", "gradient_target_output", "latent_gradient", "rr_clarc_penalty", "rrr_penalty"]

@@ -64,8 +64,13 @@ class DebiasMethod:
     def on_train(self, mode: bool) -> None:
         """Called after ``model.train(mode)`` (e.g. to keep frozen norm layers in eval mode)."""
 
+    needs_masks: bool = False
+    """Whether ``penalty`` takes per-image ``masks`` (RRR): the wrapper passes them only to such methods, the
+    Trainer keeps their dataset column."""
+
     def penalty(self, *, logits: torch.Tensor, labels: torch.Tensor,
                 bias_labels: torch.Tensor | None) -> Penalty:
+        """The weighted penalty and its named parts; methods with ``needs_masks`` also take ``masks=``."""
         raise NotImplementedError
 
     def fingerprint(self) -> bytes:

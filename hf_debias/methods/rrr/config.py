@@ -8,7 +8,7 @@ from typing import ClassVar
 from ..._validation import check_choice, check_non_negative
 from ...config import DebiasConfig
 from ...freezing import FREEZE_POLICIES
-from .penalty import RRR_AGGREGATIONS, RRR_GRADIENT_TARGETS
+from ...functional.rrr import RRR_AGGREGATIONS, RRR_GRADIENT_TARGETS
 
 
 @dataclass

@@ -14,7 +14,7 @@ from ...hooks import LayerHook
 from ...layers import LayerRef, resolve_layer
 from ..base import DebiasMethod, Penalty
 from .config import RRRConfig
-from .penalty import check_masks, mask_range, rrr_gradient_target, rrr_penalty
+from ...functional.rrr import check_masks, mask_range, rrr_gradient_target, rrr_penalty
 
 
 class RRR(DebiasMethod):

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ...functional.rr_clarc import gradient_target_output
+from .rr_clarc import gradient_target_output
 
 RRR_GRADIENT_TARGETS = ("log_prob_sum", "official_logprobs")
 RRR_AGGREGATIONS = ("l2", "official_cosine")
