@@ -12,10 +12,10 @@ import os
 import sys
 from collections.abc import Sequence
 
-from . import cav, demo, layers, sweep, train
+from . import cav, compare, demo, layers, sweep, train
 from ._parsing import ArgumentParser, HelpFormatter
 
-COMMANDS = (demo, layers, cav, train, sweep)
+COMMANDS = (demo, layers, cav, train, sweep, compare)
 
 # Exceptions defined in (or raised from inside) these packages are about the user's input or environment: a model
 # or dataset that does not exist or does not load, a file that is not an image, a Hub or network failure.
