@@ -7,7 +7,9 @@
 2. RR-ClArC (only examples of the artifact known): a CNN trained on noisy digits where a corner patch marks
    most images of class 0 learns "patch => 0". A CAV of the patch is computed from class-0 images with and
    without it, and the model is fine-tuned with RR-ClArC, next to a lambda = 0 control fine-tuned the same way.
-   All are tested on clean digits and on digits that all carry the patch (attacked).
+   All are tested on clean digits and on digits that all carry the patch (attacked); attributions of class-0
+   images with the patch show where vanilla and RR-ClArC look (``rrclarc_heatmaps.png``), and the artifact
+   relevance R_bias measures the share of the attribution inside the patch.
 
 Each part prints a table and writes a JSON + PNG report.
 """
@@ -125,6 +127,8 @@ def run_end_demo(settings: DemoSettings, log=print) -> dict[str, dict[str, float
 
 
 ARTIFACT_METRICS = (("clean_accuracy", "clean"), ("attacked_accuracy", "attacked (patch everywhere)"))
+HEATMAP_IMAGES = 6
+"""Class-0 test images with the patch shown in the demo's heatmap grid (R_bias is measured on 200)."""
 
 
 def run_rrclarc_demo(settings: DemoSettings, log=print) -> dict[str, dict[str, float]]:
@@ -136,11 +140,13 @@ def run_rrclarc_demo(settings: DemoSettings, log=print) -> dict[str, dict[str, f
     import timm
     import torch
 
+    from .attribution import attribute
     from .cav import compute_cav
     from .data import controlled_artifact_arrays
+    from .heatmaps import save_heatmap_grid
     from .fit_loop import FitConfig, fit, images_to_tensor
     from .methods import RRClArCConfig
-    from .metrics import directional_derivatives, model_artifact_accuracy, tcav
+    from .metrics import artifact_relevance, directional_derivatives, model_artifact_accuracy, tcav
     from .model import get_debias_model
     from .report import format_table, write_report
 
@@ -178,6 +184,22 @@ def run_rrclarc_demo(settings: DemoSettings, log=print) -> dict[str, dict[str, f
         log(f"  {name}: clean {100 * rows[name]['clean_accuracy']:.1f}%, attacked "
             f"{100 * rows[name]['attacked_accuracy']:.1f}%")
     log("\n" + format_table(rows, ARTIFACT_METRICS))
+    # Where the models look: attributions of class-0 images with the patch (the authors' R_bias samples)
+    patched = (splits["test_attacked"][1] == 0).nonzero().flatten()[:200]
+    images, masks = splits["test_attacked"][0][patched], torch.from_numpy(arrays["test_attacked"].masks)[patched]
+    shown, relevance = {}, {}
+    for name in ("vanilla", "RR-ClArC"):
+        attributions, method = attribute(models[name], images, labels=torch.zeros(len(patched), dtype=torch.long))
+        relevance[name] = artifact_relevance(attributions, masks)
+        rows[name]["artifact_relevance"] = relevance[name]["artifact_relevance"]
+        shown[f"{name} ({method})"] = attributions[:HEATMAP_IMAGES]
+    heatmaps = save_heatmap_grid(images[:HEATMAP_IMAGES], shown, Path(settings.output_dir) / "rrclarc_heatmaps.png",
+                                 masks=masks[:HEATMAP_IMAGES], title="class-0 test images with the patch",
+                                 scores={column: relevance[name]["per_image"][:HEATMAP_IMAGES]
+                                         for column, name in zip(shown, relevance)})
+    log(f"  artifact relevance R_bias (share of |attribution| inside the patch, {len(patched)} images): vanilla "
+        f"{relevance['vanilla']['artifact_relevance']:.3f}, RR-ClArC {relevance['RR-ClArC']['artifact_relevance']:.3f}"
+        f"; heatmaps: {heatmaps}")
     title = f"Corner-patch shortcut on class 0: vanilla vs RR-ClArC (lambda={settings.rrclarc_lamb:g})"
     json_path, png_path = write_report(settings.output_dir, rows, title=title, metrics=ARTIFACT_METRICS,
                                        name="rrclarc_report",

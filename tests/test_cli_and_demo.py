@@ -35,7 +35,11 @@ def test_demo_quick_writes_report_and_compares_both_models(tmp_path, capsys):
     report = json.loads((tmp_path / "rrclarc_report.json").read_text())
     assert report["results"] == artifact_rows and report["cav"]["concept"] == "corner patch"
     assert (tmp_path / "rrclarc_report.png").read_bytes()[:4] == b"\x89PNG"
+    # where the models look: R_bias for vanilla and RR-ClArC (share of |attribution| in the patch) and the heatmaps
+    assert all(0.0 <= artifact_rows[name]["artifact_relevance"] <= 1.0 for name in ("vanilla", "RR-ClArC"))
+    assert (tmp_path / "rrclarc_heatmaps.png").read_bytes()[:4] == b"\x89PNG"
     out = capsys.readouterr().out
+    assert "artifact relevance R_bias" in out and "rrclarc_heatmaps.png" in out
     assert "bias-conflicting" in out and "vanilla" in out and "report.png" in out and "attacked" in out
     # each corrected model is saved as it would go to the Hub, with a card comparing it with vanilla
     from hf_debias import load_model
