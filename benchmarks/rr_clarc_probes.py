@@ -130,9 +130,10 @@ def main(argv=None) -> dict:
             rows[probe] = score(model)
             continue
         kind, _, layer = probe.partition("@") if "@" in probe else probe.partition("-")
+        if kind == "subspace":
+            layer, k = "stages.3", int(layer)
         for lamb in args.lambs:
             if kind == "subspace":
-                layer, k = "stages.3", int(layer)
                 change = (maps(vanilla, layer, pasted) - maps(vanilla, layer, originals)).mean(dim=(2, 3))
                 basis = torch.linalg.svd(change.double(), full_matrices=False)[2][:k].float()
                 cav = compute_cav(vanilla, layer, (x[target], artifact[target]), pooling="mean", progress=False)
