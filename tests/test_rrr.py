@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 
 import datasets
+import numpy as np
 import pytest
 import timm
 import torch
@@ -311,3 +312,40 @@ def test_saved_model_is_the_plain_network_and_loads_in_timm(tmp_path, monkeypatc
     with torch.no_grad():
         assert torch.allclose(plain(batch), expected, atol=1e-6)
         assert torch.allclose(ours(batch).logits, expected, atol=1e-6)
+
+
+def test_masks_follow_their_images_resize_and_crop_and_random_steps_are_refused():
+    from PIL import Image
+
+    from hf_debias.data.transforms import mask_transform_for, train_eval_transforms
+
+    model = timm.create_model("simple_convnet", num_classes=3)  # eval: resize 20 -> 16, centre crop 16
+    train, evaluation = train_eval_transforms(model)
+    mask = np.zeros((20, 20), dtype=np.uint8)
+    mask[-4:, -4:] = 255  # bottom-right 4x4 at 20 px
+    [resized] = mask_transform_for(evaluation)([Image.fromarray(mask)])
+    assert resized.shape == (16, 16) and set(resized.unique().tolist()) == {0.0, 1.0}
+    rows, cols = resized.nonzero(as_tuple=True)
+    assert rows.min() >= 12 and cols.min() >= 12 and resized[-1, -1] == 1  # still the bottom-right corner
+    with pytest.raises(ValueError, match="random image step"):
+        mask_transform_for(train)
+
+
+def test_cli_train_rrr_reads_the_mask_column_of_the_built_in_artifact_data(tmp_path, caplog):
+    import json
+    import logging
+
+    from hf_debias.cli import main
+
+    with caplog.at_level(logging.WARNING, logger="hf_debias"):
+        assert main(["train", "--model_name_or_path", "simple_convnet", "--dataset", "controlled-artifact",
+                     "--debias", "rrr", "--rrr_lamb", "10", "--rrr_mask_column", "artifact_mask", "--freeze", "none",
+                     "--max_train_samples", "64", "--max_eval_samples", "32", "--max_steps", "2",
+                     "--per_device_train_batch_size", "16", "--logging_steps", "1", "--use_cpu", "true",
+                     "--report_to", "none", "--disable_tqdm", "true", "--save_strategy", "no",
+                     "--output_dir", str(tmp_path / "out")]) == 0
+    assert "training uses the evaluation transform" in caplog.text  # the augmentation gave way to the masks
+    logs = json.loads((tmp_path / "out" / "trainer_state.json").read_text())["log_history"]
+    assert any(entry.get("rrr_penalty", 0) > 0 for entry in logs)  # the masks reached the penalty
+    config = json.loads((tmp_path / "out" / "debias_config.json").read_text())
+    assert config["debias_method"] == "rrr" and config["mask_column"] == "artifact_mask"

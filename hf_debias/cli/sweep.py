@@ -94,7 +94,7 @@ def run_sweep_command(model_args, data_args, training_args, options: argparse.Na
     from ..sweep import (SweepObjective, check_backend, check_search_space, default_search_space,
                          read_search_space, run_sweep)
     from ..trainer import DebiasTrainer
-    from .train import BIAS_COLUMN, build_model_and_transforms, load_data
+    from .train import BIAS_COLUMN, batch_functions, build_model_and_transforms, load_data, mask_column_of
 
     if options.n_trials < 1:
         raise ValueError(f"--n_trials must be at least 1, got {options.n_trials}.")
@@ -107,10 +107,12 @@ def run_sweep_command(model_args, data_args, training_args, options: argparse.Na
     # the search space checked against this run's options before any data is loaded
     space = read_search_space(options.search_space, training_args) if options.search_space else \
         check_search_space(default_search_space(training_args.debias), training_args)
-    data = load_data(data_args, training_args.bias_label_column, seed=training_args.seed)
+    mask_column = mask_column_of(training_args)
+    data = load_data(data_args, training_args.bias_label_column, seed=training_args.seed, mask_column=mask_column)
     evaluation = data.evaluation
     _refuse_test_splits(evaluation)  # the names the loader gave them
     _, processor, train_transform, eval_transform = build_model_and_transforms(model_args, data_args, data)
+    to_train, to_eval, collate = batch_functions(train_transform, eval_transform, mask_column)
     objective = SweepObjective(options.objective, split=next(iter(evaluation)) if len(evaluation) > 1 else None)
 
     def model_init():
@@ -122,10 +124,10 @@ def run_sweep_command(model_args, data_args, training_args, options: argparse.Na
         training_args.card_dataset = data_args.dataset
     trainer = DebiasTrainer(model_init=model_init, args=training_args, train_dataset=data.train,
                             eval_dataset=next(iter(evaluation.values())) if len(evaluation) == 1 else evaluation,
-                            data_collator=_collate, processing_class=processor)
-    data.train.set_transform(_PixelTransform(train_transform))
+                            data_collator=collate, processing_class=processor)
+    data.train.set_transform(to_train)
     for split in evaluation.values():
-        split.set_transform(_PixelTransform(eval_transform))
+        split.set_transform(to_eval)
     backend_options = {}
     if options.backend == "ray":  # Ray Tune's results next to the sweep's, not in ~/ray_results
         backend_options = {"storage_path": str(Path(training_args.output_dir).resolve() / "ray_results"),
@@ -144,33 +146,6 @@ def _refuse_test_splits(names) -> None:
         raise ValueError(f"--eval_split {tests[0]}: a sweep never evaluates on a test split (the hyper-parameters "
                          "would be chosen on it). Evaluate on a validation split, then run `hf-debias train` with "
                          "the best run's options and the test split once.")
-
-
-_KEEP = ("labels", "bias_labels")
-
-
-class _PixelTransform:
-    """``set_transform`` of a split: the images through the model's transform into ``pixel_values``, labels kept
-    (a class, not a closure, so that Ray Tune can send the datasets to its workers)."""
-
-    def __init__(self, to_pixels) -> None:
-        self.to_pixels = to_pixels
-
-    def __call__(self, batch):
-        out = {"pixel_values": self.to_pixels(batch["image"])}
-        out.update({key: batch[key] for key in _KEEP if key in batch})
-        return out
-
-
-def _collate(rows):
-    import numpy as np
-    import torch
-
-    batch = {"pixel_values": torch.stack([row["pixel_values"] for row in rows])}
-    for key in _KEEP:
-        if key in rows[0]:
-            batch[key] = torch.tensor(np.asarray([row[key] for row in rows]))
-    return batch
 
 
 def summarise(result: SweepResult, output_dir: str) -> str:

@@ -99,10 +99,11 @@ class TrainingData:
 
 
 def load_data(data_args: DataArguments, bias_label_column: str | None = None, *, seed: int = 42,
-              ) -> TrainingData:
+              mask_column: str | None = None) -> TrainingData:
     """The ``train`` split and the eval splits, with the columns ``image``, ``labels`` and, when there is a bias,
     ``bias_labels`` (read from the source column ``bias_label_column``; ``None`` or ``"bias_labels"``: the
-    source's ``bias_labels`` if it has one). ``--max_train_samples`` / ``--max_eval_samples`` take a random subset
+    source's ``bias_labels`` if it has one) and ``mask_column`` (RRR's per-image masks) where a split has it.
+    ``--max_train_samples`` / ``--max_eval_samples`` take a random subset
     drawn with ``seed``."""
     source_bias = None if bias_label_column in (None, BIAS_COLUMN) else bias_label_column
     if data_args.dataset in BUILT_IN_EVAL:
@@ -123,7 +124,14 @@ def load_data(data_args: DataArguments, bias_label_column: str | None = None, *,
         if column not in keep:
             raise ValueError(f"The training split of {data_args.dataset!r} has no {column!r} column; it has "
                              f"{splits['train'].column_names}.")
-    splits = splits.select_columns(keep)
+    if mask_column is not None:
+        if mask_column not in splits["train"].column_names:
+            raise ValueError(f"--rrr_mask_column {mask_column!r}: the training split of {data_args.dataset!r} has no "
+                             f"such column; its columns are {splits['train'].column_names}.")
+        splits = type(splits)({name: split.select_columns(
+            keep + [mask_column] if mask_column in split.column_names else keep) for name, split in splits.items()})
+    else:
+        splits = splits.select_columns(keep)
     labels = splits["train"].features["labels"]
     if hasattr(labels, "num_classes"):  # a ClassLabel: the classes of the whole dataset, not of one split
         num_classes, class_names = labels.num_classes, list(labels.names)
@@ -235,30 +243,14 @@ def _resize_processor(processor, size: int) -> None:
 def run_training(model_args: ModelArguments, data_args: DataArguments, training_args: DebiasTrainingArguments,
                  ) -> tuple[DebiasTrainer, dict[str, float], TrainingData]:
     """Fine-tune on the train split, evaluate, save; returns the trainer, the final eval metrics and the data."""
-    import numpy as np
-    import torch
-
     from ..trainer import DebiasTrainer
 
-    data = load_data(data_args, training_args.bias_label_column, seed=training_args.seed)
+    mask_column = mask_column_of(training_args)
+    data = load_data(data_args, training_args.bias_label_column, seed=training_args.seed, mask_column=mask_column)
     model, processor, train_transform, eval_transform = build_model_and_transforms(model_args, data_args, data)
     training_args.bias_label_column = BIAS_COLUMN  # --bias_label_column named the source column; this is ours
     training_args.remove_unused_columns = False  # the transform produces exactly the columns the model needs
-    keep = ("labels", BIAS_COLUMN)
-
-    def transform_with(to_pixels):
-        def transform(batch):
-            out = {"pixel_values": to_pixels(batch["image"])}
-            out.update({key: batch[key] for key in keep if key in batch})
-            return out
-        return transform
-
-    def collate(rows):
-        batch = {"pixel_values": torch.stack([row["pixel_values"] for row in rows])}
-        for key in keep:
-            if key in rows[0]:
-                batch[key] = torch.tensor(np.asarray([row[key] for row in rows]))
-        return batch
+    to_train, to_eval, collate = batch_functions(train_transform, eval_transform, mask_column)
 
     if training_args.card_dataset is None:
         training_args.card_dataset = data_args.dataset
@@ -267,9 +259,9 @@ def run_training(model_args: ModelArguments, data_args: DataArguments, training_
     trainer = DebiasTrainer(model=model, args=training_args, train_dataset=data.train, eval_dataset=eval_dataset,
                             data_collator=collate, processing_class=processor)
     # After DebiasTrainer has read the label columns (no image is decoded for that), before any batch is built.
-    data.train.set_transform(transform_with(train_transform))
+    data.train.set_transform(to_train)
     for split in evaluation.values():
-        split.set_transform(transform_with(eval_transform))
+        split.set_transform(to_eval)
     result = trainer.train(resume_from_checkpoint=resolve_checkpoint(training_args))
     trainer.save_metrics("train", {**result.metrics, "train_samples": len(data.train)})
     trainer.save_state()  # trainer_state.json in output_dir, as in transformers' run_image_classification.py
@@ -278,6 +270,67 @@ def run_training(model_args: ModelArguments, data_args: DataArguments, training_
         trainer.save_metrics("eval", metrics)
     trainer.save_model()  # after evaluating, so the card has the metrics; with --push_to_hub also one commit
     return trainer, metrics, data
+
+
+def mask_column_of(training_args) -> str | None:
+    """The dataset column of per-image masks the run's method reads (``--rrr_mask_column`` for RRR), else None."""
+    return training_args.rrr_mask_column if training_args.debias == "rrr" else None
+
+
+_KEEP = ("labels", BIAS_COLUMN)
+
+
+class BatchTransform:
+    """``set_transform`` of a split: the images through the model's transform into ``pixel_values``, the labels
+    and bias labels kept, and RRR's masks through ``to_masks`` (a class, not a closure, so that Ray Tune can send
+    the datasets to its workers)."""
+
+    def __init__(self, to_pixels, mask_column: str | None = None, to_masks=None) -> None:
+        self.to_pixels, self.mask_column, self.to_masks = to_pixels, mask_column, to_masks
+
+    def __call__(self, batch):
+        out = {"pixel_values": self.to_pixels(batch["image"])}
+        out.update({key: batch[key] for key in _KEEP if key in batch})
+        if self.to_masks is not None and self.mask_column in batch:
+            out[self.mask_column] = self.to_masks(batch[self.mask_column])
+        return out
+
+
+class BatchCollator:
+    """Stack ``pixel_values`` (and RRR's masks); labels and bias labels as integer tensors."""
+
+    def __init__(self, mask_column: str | None = None) -> None:
+        self.mask_column = mask_column
+
+    def __call__(self, rows):
+        import numpy as np
+        import torch
+
+        batch = {"pixel_values": torch.stack([row["pixel_values"] for row in rows])}
+        for key in _KEEP:
+            if key in rows[0]:
+                batch[key] = torch.tensor(np.asarray([row[key] for row in rows]))
+        if self.mask_column is not None and self.mask_column in rows[0]:
+            batch[self.mask_column] = torch.stack([row[self.mask_column] for row in rows])
+        return batch
+
+
+def batch_functions(train_transform, eval_transform, mask_column: str | None = None,
+                    ) -> tuple[BatchTransform, BatchTransform, BatchCollator]:
+    """The train and eval ``set_transform`` functions and the collator of a run. With RRR's ``mask_column`` each
+    mask goes through its image's own resize and crop, so training uses the evaluation transform (a random crop
+    or flip would move the image away from its mask), with a warning when augmentation was on."""
+    to_masks = None
+    if mask_column is not None:
+        from ..data.transforms import mask_transform_for
+
+        if train_transform is not eval_transform:
+            logger.warning("--debias rrr: training uses the evaluation transform (no random crop or flip), so that "
+                           "each %s mask stays on its image's pixels.", mask_column)
+            train_transform = eval_transform
+        to_masks = mask_transform_for(eval_transform)
+    return (BatchTransform(train_transform, mask_column, to_masks),
+            BatchTransform(eval_transform, mask_column, to_masks), BatchCollator(mask_column))
 
 
 def resolve_checkpoint(training_args) -> str | None:

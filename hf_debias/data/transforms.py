@@ -26,8 +26,53 @@ def _timm_model(model: nn.Module) -> nn.Module | None:
     return inner if isinstance(getattr(inner, "pretrained_cfg", None), dict) else None
 
 
+class _Batched:
+    """``list[PIL.Image] -> Tensor[N, C, H, W]`` through a per-image ``transform`` (kept, so that
+    ``mask_transform_for`` can read its geometric steps)."""
+
+    def __init__(self, transform: Callable, mode: str):
+        self.transform, self.mode = transform, mode
+
+    def __call__(self, images: Sequence) -> torch.Tensor:
+        return torch.stack([self.transform(image.convert(self.mode)) for image in images])
+
+
 def _batched(transform: Callable, mode: str) -> ImageBatchTransform:
-    return lambda images: torch.stack([transform(image.convert(mode)) for image in images])
+    return _Batched(transform, mode)
+
+
+def mask_transform_for(image_transform: ImageBatchTransform) -> Callable[[Sequence], torch.Tensor]:
+    """``list[PIL mask] -> Tensor[N, H, W]`` of 0/1 floats that lands every mask pixel where
+    ``image_transform`` (an evaluation transform of ``train_eval_transforms``) puts the image's: its resizes (with
+    nearest-neighbour interpolation, so a mask stays binary) and centre crops. Any non-zero mask value marks the
+    region. A random step (crop, flip, jitter) cannot be followed and is an error."""
+    from torchvision import transforms as T
+
+    steps = getattr(getattr(image_transform, "transform", None), "transforms", None)
+    if steps is None:
+        raise ValueError("Masks need the image transform's steps (a torchvision Compose from train_eval_transforms); "
+                         f"got {type(image_transform).__name__}.")
+    geometric = []
+    for step in steps:
+        name = type(step).__name__
+        if name.startswith(("Random", "RandAugment", "AutoAugment", "TrivialAugment", "ColorJitter")):
+            raise ValueError(f"Masks cannot follow the random image step {name}: train with the evaluation transform "
+                             "(--no_augment) so that each mask stays on its image.")
+        if isinstance(step, T.Resize):
+            geometric.append(T.Resize(step.size, interpolation=T.InterpolationMode.NEAREST, max_size=step.max_size))
+        elif isinstance(step, T.CenterCrop):
+            geometric.append(step)
+        elif name not in ("ToTensor", "MaybeToTensor", "Normalize", "PILToTensor", "ConvertImageDtype"):
+            raise ValueError(f"Masks cannot follow the image step {name}; only resizes and centre crops are applied "
+                             "to masks.")
+    geometric = T.Compose(geometric)
+
+    def transform(masks: Sequence) -> torch.Tensor:
+        import numpy as np
+
+        return torch.stack([torch.from_numpy((np.asarray(geometric(mask.convert("L"))) > 0).astype(np.float32))
+                            for mask in masks])
+    return transform
 
 
 def timm_data_config(model: nn.Module, image_size: int | None = None) -> dict:
