@@ -104,15 +104,15 @@ def test_every_command_line_in_the_readme_parses():
     from hf_debias.trainer import DebiasTrainingArguments
 
     lines = [tokens for tokens in commands(README.read_text()) if "--help" not in tokens]
-    assert {tokens[0] for tokens in lines} == {"demo", "layers", "cav", "train", "sweep"}
+    assert {tokens[0] for tokens in lines} == {"demo", "layers", "cav", "train", "sweep", "compare"}
     train = HfArgumentParser((ModelArguments, DataArguments, DebiasTrainingArguments))
     for tokens in lines:
         if tokens[0] == "train":
             train.parse_args(tokens[1:])  # the flags exist and their values parse (a bad one exits)
-        elif tokens[0] == "sweep":
-            from hf_debias.cli.sweep import build_parser as sweep_parser
+        elif tokens[0] in ("sweep", "compare"):
+            from hf_debias.cli import compare, sweep
 
-            sweep_parser().parse_args(tokens[1:])
+            (sweep if tokens[0] == "sweep" else compare).build_parser().parse_args(tokens[1:])
         else:
             build_parser().parse_args(tokens)
 

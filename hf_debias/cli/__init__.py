@@ -1,8 +1,10 @@
-"""The ``hf-debias`` command line: ``demo``, ``layers``, ``cav`` and ``train``, one module per command, each a thin
-layer over the library (``add_parser(subparsers)`` builds its parser, ``run(args)`` runs it).
+"""The ``hf-debias`` command line: ``demo``, ``layers``, ``cav``, ``train``, ``sweep`` and ``compare``, one module
+per command, each a thin layer over the library (``add_parser(subparsers)`` builds its parser, ``run(args)`` runs
+it); ``sweep`` and ``compare`` take ``train``'s flags.
 
 Building the parsers imports neither torch nor transformers nor datasets: each command imports what it needs in
-``run``, so ``--help`` is quick (``train --help`` is the exception: it needs ``TrainingArguments``).
+``run``, so ``--help`` is quick (``train``, ``sweep`` and ``compare --help`` are the exception: they need
+``TrainingArguments``).
 """
 
 from __future__ import annotations
