@@ -60,3 +60,36 @@ class ArgumentParser(argparse.ArgumentParser):
             out.append(alias + equals + value if alias in self._option_string_actions else token)
         return out
 
+
+
+class TrainFlagsParser(argparse.ArgumentParser):
+    """The sub-parser of a command that takes ``hf-debias train``'s flags (``sweep``, ``compare``): every token goes
+    to ``HfArgumentParser`` (as for ``train``), except a bare ``--debug`` (one not followed by a value), which is
+    ``hf-debias``'s own."""
+
+    def parse_known_args(self, args=None, namespace=None):
+        from . import _split_train_arguments
+
+        namespace = namespace if namespace is not None else argparse.Namespace()
+        split, debug = _split_train_arguments(["train", *(sys.argv[2:] if args is None else args)])
+        namespace.arguments = split[2:]  # after "train", "--"
+        namespace.handler = self.get_default("handler")
+        if debug:
+            namespace.debug = True
+        return namespace, []
+
+
+def add_train_flags_command(subparsers, name: str, help: str, main) -> argparse.ArgumentParser:
+    """Register ``name`` as a command that takes ``hf-debias train``'s flags and runs ``main(argv)``."""
+    parser = subparsers.add_parser(name, add_help=False, help=help)
+    parser.__class__ = TrainFlagsParser  # subparsers build their own parser class; only the parsing differs
+    parser.set_defaults(handler=handler_for(main))
+    return parser
+
+
+def handler_for(main):
+    """The ``handler`` of a command whose tokens were collected in ``args.arguments`` (a leading ``--`` dropped)."""
+    def run(args: argparse.Namespace) -> int:
+        arguments = args.arguments[1:] if args.arguments[:1] == ["--"] else args.arguments
+        return main(arguments)
+    return run

@@ -27,7 +27,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from . import sweep
+from ._parsing import add_train_flags_command
 
 USAGE = ("%(prog)s --debias METHOD [--vanilla_run DIR] [--model_name_or_path MODEL] [--dataset DATA] "
          "--output_dir OUT [other options below]")
@@ -50,45 +50,23 @@ PRINTED_GROUPS = 20
 logger = logging.getLogger("hf_debias")
 
 
-class _PassThroughParser(sweep._PassThroughParser):
-    """``sweep``'s pass-through parsing (every token to ``HfArgumentParser``), with this command's handler."""
-
-    def parse_known_args(self, args=None, namespace=None):
-        namespace, rest = super().parse_known_args(args, namespace)
-        namespace.handler = run
-        return namespace, rest
-
-
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    compare = subparsers.add_parser(
-        "compare", add_help=False,
+    return add_train_flags_command(
+        subparsers, "compare", main=main,
         help="train the vanilla model and the corrected one on the same data, seed and budget (or reuse a "
              "vanilla run) and compare them group by group (see `hf-debias compare --help`)")
-    compare.__class__ = _PassThroughParser  # subparsers build their own parser class; only the parsing differs
-    compare.set_defaults(handler=run)
-    return compare
-
-
-def run(args: argparse.Namespace) -> int:
-    arguments = args.arguments[1:] if args.arguments[:1] == ["--"] else args.arguments
-    return main(arguments)
 
 
 def build_parser():
     """``hf-debias train``'s parser (model, data, debias, Trainer flags) plus ``--vanilla_run``."""
-    from .train import build_parser as train_parser
+    from .train import extended_parser
 
-    parser = train_parser()
-    parser.prog, parser.usage = "hf-debias compare", USAGE
-    parser.description = __doc__.replace("``", "")
-    group = parser.add_argument_group("compare")
+    parser, group = extended_parser("hf-debias compare", USAGE, __doc__.replace("``", ""), "compare")
     group.add_argument("--vanilla_run", "--vanilla-run", metavar="DIR", default=None,
                        help="a finished vanilla run's output_dir (with eval_results.json; `hf-debias train "
                             "--debias none` or a previous compare's OUTPUT_DIR/vanilla) to compare with instead "
                             "of training one into OUTPUT_DIR/vanilla; refused when its recorded data, model, seed "
                             "or budget differ")
-    groups = parser._action_groups  # the compare flag right after the debias options in --help
-    groups.insert(next(i for i, g in enumerate(groups) if g.title == "debias (hf_debias)") + 1, groups.pop())
     return parser
 
 

@@ -24,6 +24,8 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from ._parsing import add_train_flags_command
+
 if TYPE_CHECKING:  # the command's parser is built without importing torch / transformers
     from ..sweep import SweepResult
 
@@ -34,56 +36,28 @@ OBJECTIVES = ("worst_group_accuracy", "unbiased_accuracy", "bias_conflicting_acc
 logger = logging.getLogger("hf_debias")
 
 
-class _PassThroughParser(argparse.ArgumentParser):
-    """The sub-parser of ``sweep``: every token goes to ``HfArgumentParser`` (as for ``train``), except a bare
-    ``--debug`` (one not followed by a value), which is ``hf-debias``'s own."""
-
-    def parse_known_args(self, args=None, namespace=None):
-        from . import _split_train_arguments
-
-        namespace = namespace if namespace is not None else argparse.Namespace()
-        split, debug = _split_train_arguments(["train", *(sys.argv[2:] if args is None else args)])
-        namespace.arguments = split[2:]  # after "train", "--"
-        namespace.handler = run
-        if debug:
-            namespace.debug = True
-        return namespace, []
-
-
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    sweep = subparsers.add_parser(
-        "sweep", add_help=False,
+    return add_train_flags_command(
+        subparsers, "sweep", main=main,
         help="search the debias options with Trainer.hyperparameter_search (optuna / Ray Tune) on the validation "
              "split (see `hf-debias sweep --help`)")
-    sweep.__class__ = _PassThroughParser  # subparsers build their own parser class; only the parsing differs
-    sweep.set_defaults(handler=run)
-    return sweep
-
-
-def run(args: argparse.Namespace) -> int:
-    arguments = args.arguments[1:] if args.arguments[:1] == ["--"] else args.arguments
-    return main(arguments)
 
 
 def build_parser():
     """``hf-debias train``'s parser (model, data, debias, Trainer flags) plus the sweep's own flags."""
-    from .train import build_parser as train_parser
+    from .train import extended_parser
 
-    parser = train_parser()
-    parser.prog, parser.usage = "hf-debias sweep", USAGE
-    parser.description = __doc__.replace("``", "")
-    group = parser.add_argument_group("sweep")
+    parser, group = extended_parser("hf-debias sweep", USAGE, __doc__.replace("``", ""), "sweep")
     group.add_argument("--n_trials", "--n-trials", type=int, default=10, help="number of trials")
     group.add_argument("--backend", choices=["optuna", "ray"], default="optuna",
                        help="optuna (trials one after another here) or ray (Ray Tune; a cluster if one is running)")
     group.add_argument("--search_space", "--search-space", metavar="FILE", default=None,
                        help="JSON search space {option: {type, low, high, log} or {type: categorical, choices}}; "
-                            "default: the method's (EnD: end_alpha, end_beta; RR-ClArC: rrclarc_lamb)")
+                            "default: the method's (EnD: end_alpha, end_beta; RR-ClArC: rrclarc_lamb; RRR: "
+                            "rrr_lamb)")
     group.add_argument("--objective", choices=OBJECTIVES, default="worst_group_accuracy",
                        help="the validation metric the search maximises (loss: minimises), on the first "
                             "--eval_split")
-    groups = parser._action_groups  # the sweep flags right after the debias options in --help
-    groups.insert(next(i for i, g in enumerate(groups) if g.title == "debias (hf_debias)") + 1, groups.pop())
     return parser
 
 

@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ._parsing import handler_for
+
 if TYPE_CHECKING:  # the command's parser is built without importing torch / transformers
     import datasets
 
@@ -431,8 +433,18 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    arguments = args.arguments[1:] if args.arguments[:1] == ["--"] else args.arguments
-    return main(arguments)
+    return handler_for(main)(args)
+
+
+def extended_parser(prog: str, usage: str, description: str, title: str):
+    """``hf-debias train``'s parser for another command (``sweep``, ``compare``): its ``prog``, usage and
+    description, and a group ``title`` for the command's own flags, shown right after the debias options."""
+    parser = build_parser()
+    parser.prog, parser.usage, parser.description = prog, usage, description
+    group = parser.add_argument_group(title)
+    groups = parser._action_groups
+    groups.insert(next(i for i, g in enumerate(groups) if g.title == "debias (hf_debias)") + 1, groups.pop())
+    return parser, group
 
 
 def build_parser():
