@@ -4,6 +4,8 @@ option (``--output-dir`` and ``--output_dir``), as ``HfArgumentParser`` accepts 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
 import sys
 import textwrap
 
@@ -93,3 +95,19 @@ def handler_for(main):
         arguments = args.arguments[1:] if args.arguments[:1] == ["--"] else args.arguments
         return main(arguments)
     return run
+
+
+@contextlib.contextmanager
+def info_logging():
+    """hf_debias's info lines (weights, eval split) on the terminal as ``hf-debias: ...`` while a command runs."""
+    logger = logging.getLogger("hf_debias")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("hf-debias: %(message)s"))
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)

@@ -27,7 +27,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ._parsing import add_train_flags_command
+from ._parsing import add_train_flags_command, info_logging
 
 USAGE = ("%(prog)s --debias METHOD [--vanilla_run DIR] [--model_name_or_path MODEL] [--dataset DATA] "
          "--output_dir OUT [other options below]")
@@ -364,19 +364,11 @@ def write_comparison(output_dir: str | Path, comparison: Mapping[str, Any]) -> t
 def main(argv: Sequence[str] | None = None) -> int:
     model_args, data_args, training_args, options = build_parser().parse_args_into_dataclasses(
         args=list(argv) if argv is not None else sys.argv[1:])
-    handler = logging.StreamHandler(sys.stderr)  # hf_debias's info lines (weights, eval split) on the terminal
-    handler.setFormatter(logging.Formatter("hf-debias: %(message)s"))
-    level = logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    try:
+    with info_logging():
         comparison = run_compare(model_args, data_args, training_args, options.vanilla_run)
         if comparison:
             output = Path(training_args.output_dir)
             print("\n" + format_comparison(comparison, max_groups=PRINTED_GROUPS))
             print(f"\nComparison: {output / 'comparison.json'} and {output / 'comparison.md'}; the corrected "
                   f"model's report and card (both columns): {output / CORRECTED}")
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(level)
     return 0

@@ -24,7 +24,7 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from ._parsing import add_train_flags_command
+from ._parsing import add_train_flags_command, info_logging
 
 if TYPE_CHECKING:  # the command's parser is built without importing torch / transformers
     from ..sweep import SweepResult
@@ -150,16 +150,8 @@ def _short(value) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     model_args, data_args, training_args, options = build_parser().parse_args_into_dataclasses(
         args=list(argv) if argv is not None else sys.argv[1:])
-    handler = logging.StreamHandler(sys.stderr)  # hf_debias's info lines (weights, eval split) on the terminal
-    handler.setFormatter(logging.Formatter("hf-debias: %(message)s"))
-    level = logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    try:
+    with info_logging():
         result = run_sweep_command(model_args, data_args, training_args, options)
         if training_args.process_index == 0:
             summarise(result, training_args.output_dir)
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(level)
     return 0

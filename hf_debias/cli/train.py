@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ._parsing import handler_for
+from ._parsing import handler_for, info_logging
 
 if TYPE_CHECKING:  # the command's parser is built without importing torch / transformers
     import datasets
@@ -482,16 +482,8 @@ def build_parser():
 def main(argv: Sequence[str] | None = None) -> int:
     model_args, data_args, training_args = build_parser().parse_args_into_dataclasses(
         args=list(argv) if argv is not None else sys.argv[1:])
-    handler = logging.StreamHandler(sys.stderr)  # hf_debias's info lines (weights, eval split) on the terminal
-    handler.setFormatter(logging.Formatter("hf-debias: %(message)s"))
-    level = logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    try:
+    with info_logging():
         trainer, metrics, data = run_training(model_args, data_args, training_args)
         if trainer.is_world_process_zero():
             summarise(trainer, metrics, data, model_args, data_args)
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(level)
     return 0

@@ -14,7 +14,6 @@ from torch import nn
 
 from ..cav import CAV
 from ..config import DebiasConfig
-from ..functional.rr_clarc import num_channels
 from ..layers import LayerRef, resolve_layer
 from ..loading import model_identity
 from .base import DebiasMethod
