@@ -139,3 +139,22 @@ def test_directional_derivatives_along_a_spatial_cav_are_one_per_image():
     assert values.shape == (6,)
     with pytest.raises(ValueError, match="one derivative per image"):
         directional_derivatives(model, "stages.1", cav, images, target_class=2, per_position=True)
+
+
+def test_cli_cav_pooling_none_saves_a_spatial_cav_that_a_correction_loads(tmp_path, capsys):
+    from image_layouts import write_concept_folders
+
+    from hf_debias.cli import main
+
+    write_concept_folders(tmp_path)
+    assert main(["cav", "simple_convnet", "--layer", "stages.1", "--pooling", "none", "--concept-dir",
+                 str(tmp_path / "with"), "--clean-dir", str(tmp_path / "without"), "--validation-fraction", "0",
+                 "--no-progress", "--output-dir", str(tmp_path / "spatial")]) == 0
+    assert "pooling: none (as requested)" in capsys.readouterr().out
+    cav = CAV.from_pretrained(tmp_path / "spatial")
+    assert cav.is_spatial and cav.num_channels == 32 and cav.spatial_shape == [8, 8]  # 16-px input, stride 2
+    model = get_debias_model(timm.create_model("simple_convnet", num_classes=3),
+                             RRClArCConfig(cav=str(tmp_path / "spatial"), lamb=1.0, freeze="before_layer"))
+    model.train()
+    output = model(torch.randn(4, 3, 16, 16), labels=torch.zeros(4, dtype=torch.long))
+    assert output.penalty_terms["rrclarc_penalty"] >= 0 and model.method.layer.spec == "stages.1"
