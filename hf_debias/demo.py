@@ -194,7 +194,7 @@ def run_rrclarc_demo(settings: DemoSettings, log=print) -> dict[str, dict[str, f
         rows[name]["artifact_relevance"] = relevance[name]["artifact_relevance"]
         shown[f"{name} ({method})"] = attributions[:HEATMAP_IMAGES]
     heatmaps = save_heatmap_grid(images[:HEATMAP_IMAGES], shown, Path(settings.output_dir) / "rrclarc_heatmaps.png",
-                                 masks=masks[:HEATMAP_IMAGES], title="class-0 test images with the patch",
+                                 masks=masks[:HEATMAP_IMAGES],
                                  scores={column: relevance[name]["per_image"][:HEATMAP_IMAGES]
                                          for column, name in zip(shown, relevance)})
     log(f"  artifact relevance R_bias (share of |attribution| inside the patch, {len(patched)} images): vanilla "
