@@ -15,9 +15,16 @@ For every artifact type (``--artifacts``), target class (``--classes``) and seed
    direction the penalty must remove (``--pooling max``, the paper's choice, aligns half as well for the patch).
 4. corrections of the vanilla model with the signal CAV, all fine-tuned the same way (``--freeze``, lr, epochs):
    the λ = 0 control (cross-entropy only), RR-ClArC (λ = ``--lamb``), A-ClArC, and P-ClArC (no training).
-5. clean / attacked accuracy and TCAV (the target class, at the layer, on attacked test images) for every model.
+   RRR (Ross et al.: the input-gradient penalty inside the artifact's per-image masks, λ = ``--rrr-lamb``) is
+   fine-tuned the same way with the training images' masks: the paper's main competitor, which needs masks where
+   the ClArC methods need only a CAV.
+5. clean / attacked accuracy, TCAV (the target class, at the layer, on attacked test images) and the artifact
+   relevance R_bias (the share of the true class's input attribution inside the processed artifact mask, the
+   authors' definition, on ``--relevance-images`` attacked test images; LRP where zennit's rules cover the model,
+   input × gradient where they do not, e.g. P-ClArC's projection: the method is recorded per row) for every model.
 Then, side by side in one process (on the last combination's last seed): time per fine-tuning step of RR-ClArC vs
-the λ = 0 control (same freeze policy), and one streaming CAV pass vs plain inference over the same images.
+the λ = 0 control (same freeze policy) and of RRR vs RR-ClArC, and one streaming CAV pass vs plain inference over
+the same images.
 
 Every combination's numbers are the same whichever other combinations run with it (the shared reference model
 restores the random state it left), so ``--artifacts patch --classes 0`` reproduces the single-artifact results.
@@ -31,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import statistics
 import sys
 import time
@@ -43,20 +51,21 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import add_common_arguments, header, write_json  # noqa: E402
-from hf_debias import AClArCConfig, PClArCConfig, RRClArCConfig, compute_cav, get_debias_model
+from hf_debias import AClArCConfig, PClArCConfig, RRClArCConfig, RRRConfig, attribute, compute_cav, get_debias_model
 from hf_debias.cav import pool_activation
 from hf_debias.data import ARTIFACTS, ArtifactSpec, controlled_artifact_arrays, digit_arrays
 from hf_debias.data.artifacts import BUILTIN_DIGITS, insert_artifact
 from hf_debias.hooks import LayerHook
 from hf_debias.layers import resolve_layer
 from hf_debias.metrics.artifact import cav_alignment, directional_derivatives, model_artifact_accuracy, tcav
+from hf_debias.metrics.artifact_relevance import artifact_relevance
 from hf_debias.fit_loop import FitConfig, fit, images_to_tensor, predict
 
 FILTER_METHODS = ("svm", "ridge", "lasso", "logistic")
-CORRECTIONS = ("λ=0 control", "P-ClArC", "A-ClArC", "RR-ClArC", "spatial λ=0 control", "RR-ClArC spatial",
+CORRECTIONS = ("λ=0 control", "P-ClArC", "A-ClArC", "RR-ClArC", "RRR", "spatial λ=0 control", "RR-ClArC spatial",
                "RR-ClArC chosen")
 """The correction rows: the paper's recipe (a pooled CAV at ``--layer``, ``--freeze``) with its control and the ClArC
-baselines; the spatial recipe (a spatial CAV, ``pooling="none"``, at ``--spatial-layer`` with
+baselines and RRR (masks instead of a CAV); the spatial recipe (a spatial CAV, ``pooling="none"``, at ``--spatial-layer`` with
 ``freeze="before_layer"``) with its own λ = 0 control; and the one of the two RR-ClArC recipes that validation
 digits with and without the artifact choose (the lower of clean and attacked accuracy; never the test splits)."""
 
@@ -86,6 +95,14 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "digits (the lower of clean and attacked accuracy), instead of --lamb")
     parser.add_argument("--n-validation", type=int, default=2000,
                         help="validation digits for --lamb-grid and the RR-ClArC chosen row")
+    parser.add_argument("--rrr-lamb", type=float, default=1.0, help="RRR penalty weight (on the training masks)")
+    parser.add_argument("--rrr-lamb-grid", type=float, nargs="+", default=None,
+                        help="choose RRR's λ per artifact, class and seed from these values on validation digits "
+                             "(as --lamb-grid does for RR-ClArC), instead of --rrr-lamb")
+    parser.add_argument("--rrr-freeze", default=None,
+                        help="RRR's freeze policy (default: --freeze, the policy of every other correction)")
+    parser.add_argument("--relevance-images", type=int, default=500,
+                        help="attacked test images R_bias is computed on (the first ones)")
     parser.add_argument("--spatial-layer", default="stages.1",
                         help="layer of the spatial recipe (a spatial CAV there, freeze='before_layer')")
     parser.add_argument("--spatial-lamb", type=float, default=1000.0, help="λ of the spatial recipe")
@@ -104,15 +121,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.quick:
         args.seeds, args.n_train, args.n_test, args.epochs = [0], 1500, 300, 1.0
-        args.finetune_epochs, args.timing_steps, args.n_validation = 0.3, 3, 200
+        args.finetune_epochs, args.timing_steps, args.n_validation, args.relevance_images = 0.3, 3, 200, 64
     args.artifacts = args.artifacts or (["patch"] if args.quick else list(ARTIFACTS))
     args.classes = args.classes if args.classes is not None else ([0] if args.quick else [0, 3])
     for name in ("artifacts", "classes", "seeds"):
         values = getattr(args, name)
         if len(set(values)) != len(values):
             parser.error(f"--{name} lists a value twice: {values}.")
-    if args.vanilla_only and args.lamb_grid:
-        parser.error("--lamb-grid chooses RR-ClArC's λ; --vanilla-only runs no RR-ClArC.")
+    if args.vanilla_only and (args.lamb_grid or args.rrr_lamb_grid):
+        parser.error("--lamb-grid / --rrr-lamb-grid choose a correction's λ; --vanilla-only runs no correction.")
+    if args.rrr_lamb_grid and "RRR" not in args.methods:
+        parser.error("--rrr-lamb-grid chooses RRR's λ; --methods does not list RRR.")
     if "RR-ClArC chosen" in args.methods and not {"RR-ClArC", "RR-ClArC spatial"} <= set(args.methods):
         parser.error("--methods 'RR-ClArC chosen' chooses between 'RR-ClArC' and 'RR-ClArC spatial': list both.")
     if args.patch_size is not None and "patch" not in args.artifacts:
@@ -125,8 +144,10 @@ def artifact_spec(kind: str, args) -> ArtifactSpec:
     return ArtifactSpec(kind, size=args.patch_size) if kind == "patch" else ArtifactSpec(kind)
 
 
-def tensors(split) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return images_to_tensor(split.images), torch.from_numpy(split.labels), torch.from_numpy(split.artifact)
+def tensors(split) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Images, labels, artifact flags and the artifact's boolean masks ``[N, H, W]`` of one split."""
+    return (images_to_tensor(split.images), torch.from_numpy(split.labels), torch.from_numpy(split.artifact),
+            torch.from_numpy(split.masks))
 
 
 @torch.no_grad()
@@ -144,12 +165,18 @@ def pooled(model, layer: str, images: torch.Tensor, pooling: str = "max") -> tor
     return torch.cat(out)
 
 
-def evaluate(model, splits, layer: str, cav, target_class: int) -> dict[str, float]:
-    x_clean, y_clean, _ = splits["test_clean"]
-    x_attacked = splits["test_attacked"][0]
+def evaluate(model, splits, layer: str, cav, target_class: int, relevance_images: int) -> dict[str, float]:
+    x_clean, y_clean = splits["test_clean"][:2]
+    x_attacked, masks = splits["test_attacked"][0], splits["test_attacked"][3]
     result = model_artifact_accuracy(model, x_clean, x_attacked, y_clean)
     result.update(tcav(directional_derivatives(model, layer, cav, x_attacked[:1000], target_class=target_class,
                                                per_position=True)))
+    attributions, method = attribute(model, x_attacked[:relevance_images], labels=y_clean[:relevance_images])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a zero heatmap is counted in num_zero_heatmaps
+        relevance = artifact_relevance(attributions, masks[:relevance_images])
+    result.update({"artifact_relevance": relevance["artifact_relevance"], "attribution_method": method,
+                   "zero_heatmaps": relevance["num_zero_heatmaps"]})
     return result
 
 
@@ -184,7 +211,7 @@ def run_seed(seed: int, kind: str, target_class: int, args, references: dict) ->
     arrays = controlled_artifact_arrays({"train": digits["train"], "test": digits["test"]}, seed=seed,
                                         artifact=artifact_spec(kind, args), target_class=target_class)
     splits = {name: tensors(split) for name, split in arrays.items()}
-    x, y, artifact = splits["train"]
+    x, y, artifact, train_masks = splits["train"]
     tuned = FitConfig(epochs=args.finetune_epochs, lr=args.finetune_lr, batch_size=args.finetune_batch, seed=seed)
     name = f"{kind}, class {target_class}, seed {seed}"
 
@@ -206,12 +233,13 @@ def run_seed(seed: int, kind: str, target_class: int, args, references: dict) ->
                  for method, cav in cavs.items()}
     cav = cavs["signal"]
 
-    rows = {"vanilla": evaluate(vanilla, splits, args.layer, cav, target_class)}
+    rows = {"vanilla": evaluate(vanilla, splits, args.layer, cav, target_class, args.relevance_images)}
     if args.vanilla_only:
         return {"rows": rows, "cav_alignment": alignment, "lamb_selection": None,
                 "train_artifact_images": int(artifact.sum())}
     if reference is not None:
-        rows["no-shortcut reference"] = evaluate(reference, splits, args.layer, cav, target_class)
+        rows["no-shortcut reference"] = evaluate(reference, splits, args.layer, cav, target_class,
+                                                  args.relevance_images)
     spatial_cav = compute_cav(vanilla, args.spatial_layer, (x[target], artifact[target]), concept=kind,
                               pooling="none", progress=False)
     corrections = {
@@ -219,6 +247,7 @@ def run_seed(seed: int, kind: str, target_class: int, args, references: dict) ->
         "P-ClArC": PClArCConfig(cav=cav),
         "A-ClArC": AClArCConfig(cav=cav, freeze=args.freeze),
         "RR-ClArC": RRClArCConfig(cav=cav, lamb=args.lamb, freeze=args.freeze),
+        "RRR": RRRConfig(lamb=args.rrr_lamb, freeze=args.rrr_freeze or args.freeze),
         "spatial λ=0 control": RRClArCConfig(cav=spatial_cav, lamb=0.0, freeze="before_layer"),
         "RR-ClArC spatial": RRClArCConfig(cav=spatial_cav, lamb=args.spatial_lamb, freeze="before_layer"),
     }
@@ -228,25 +257,32 @@ def run_seed(seed: int, kind: str, target_class: int, args, references: dict) ->
         if method != "P-ClArC":
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                fit(model, x, y, y, tuned, progress=not args.quick, desc=f"{name}: {method}")
+                fit(model, x, y, y, tuned, masks=train_masks if method == "RRR" else None,
+                    progress=not args.quick, desc=f"{name}: {method}")
         return model
 
-    selection = None
-    if args.lamb_grid:  # choose λ on validation digits (clean and attacked), never on the test splits
+    def choose_lamb(method: str, grid: list[float]) -> dict:
+        """λ of ``method`` from ``grid`` on validation digits (the lower of clean and attacked accuracy), never on
+        the test splits; the chosen config replaces the method's in ``corrections``."""
         validation = validation_pair(seed, kind, args)
         scores = {}
-        for lamb in args.lamb_grid:
-            model = fine_tuned(f"RR-ClArC λ={lamb:g}", RRClArCConfig(cav=cav, lamb=lamb, freeze=args.freeze))
-            accuracy = model_artifact_accuracy(model, *validation)
+        for lamb in grid:
+            config = dataclasses.replace(corrections[method], lamb=lamb)
+            accuracy = model_artifact_accuracy(fine_tuned(method, config), *validation)
             scores[lamb] = min(accuracy["clean_accuracy"], accuracy["attacked_accuracy"])
         chosen = max(scores, key=scores.get)
-        corrections["RR-ClArC"] = RRClArCConfig(cav=cav, lamb=chosen, freeze=args.freeze)
-        selection = {"scores": {f"{lamb:g}": score for lamb, score in scores.items()}, "chosen_lamb": chosen}
-        print(f"{name}: validation min(clean, attacked) per λ {selection['scores']} -> λ={chosen:g}", flush=True)
+        corrections[method] = dataclasses.replace(corrections[method], lamb=chosen)
+        result = {"scores": {f"{lamb:g}": score for lamb, score in scores.items()}, "chosen_lamb": chosen}
+        print(f"{name}: {method} validation min(clean, attacked) per λ {result['scores']} -> λ={chosen:g}",
+              flush=True)
+        return result
+
+    selection = choose_lamb("RR-ClArC", args.lamb_grid) if args.lamb_grid and "RR-ClArC" in corrections else None
+    rrr_selection = choose_lamb("RRR", args.rrr_lamb_grid) if args.rrr_lamb_grid else None
     models = {}
     for method, config in corrections.items():
         models[method] = fine_tuned(method, config)
-        rows[method] = evaluate(models[method], splits, args.layer, cav, target_class)
+        rows[method] = evaluate(models[method], splits, args.layer, cav, target_class, args.relevance_images)
     choice = None
     if "RR-ClArC chosen" in args.methods:  # the recipe validation digits with the artifact prefer
         validation = validation_pair(seed, kind, args)
@@ -258,16 +294,16 @@ def run_seed(seed: int, kind: str, target_class: int, args, references: dict) ->
         rows["RR-ClArC chosen"] = dict(rows[chosen])
         choice = {"scores": scores, "chosen": chosen}
         print(f"{name}: validation min(clean, attacked) {scores} -> {chosen}", flush=True)
-    return {"rows": rows, "cav_alignment": alignment, "lamb_selection": selection, "recipe_choice": choice,
+    return {"rows": rows, "cav_alignment": alignment, "lamb_selection": selection,
+            "rrr_lamb_selection": rrr_selection, "recipe_choice": choice,
             "train_artifact_images": int(artifact.sum()), "vanilla_model": vanilla, "cav": cav,
-            "spatial_cav": spatial_cav, "x": x, "y": y}
+            "spatial_cav": spatial_cav, "x": x, "y": y, "masks": train_masks}
 
 
-def step_times(vanilla, cav, x, y, args, *, lamb: float, freeze: str) -> dict[str, float]:
-    """Median ms per fine-tuning step, RR-ClArC vs the λ = 0 control (same CAV, same freeze policy), alternating
-    blocks in one process."""
-    models = {name: get_debias_model(copy.deepcopy(vanilla), RRClArCConfig(cav=cav, lamb=value, freeze=freeze))
-              for name, value in (("control", 0.0), ("rrclarc", lamb))}
+def step_times(vanilla, configs: dict, x, y, masks, args) -> dict[str, float]:
+    """Median ms per fine-tuning step of each correction in ``configs`` (name -> config; two of them), alternating
+    blocks in one process on the same batches, and the ratio of the second to the first. ``masks`` reach RRR."""
+    models = {name: get_debias_model(copy.deepcopy(vanilla), config) for name, config in configs.items()}
     optimisers = {name: torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-4)
                   for name, model in models.items()}
     times: dict[str, list[float]] = {name: [] for name in models}
@@ -280,14 +316,15 @@ def step_times(vanilla, cav, x, y, args, *, lamb: float, freeze: str) -> dict[st
                 start = time.perf_counter()
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
-                    loss = model(x[index], labels=y[index]).loss
+                    loss = model(x[index], labels=y[index], masks=masks[index]).loss
                 optimisers[name].zero_grad(set_to_none=True)
                 loss.backward()
                 optimisers[name].step()
                 if block > 0:  # the first block warms up
                     times[name].append(time.perf_counter() - start)
     result = {f"{name}_ms": 1000 * statistics.median(values) for name, values in times.items()}
-    result["ratio"] = result["rrclarc_ms"] / result["control_ms"]
+    first, second = configs
+    result["ratio"] = result[f"{second}_ms"] / result[f"{first}_ms"]
     return result
 
 
@@ -314,7 +351,8 @@ def summarise(per_seed: list[dict]) -> dict:
         summary[name] = {}
         for key in per_seed[0]["rows"][name]:
             values = [seed["rows"][name][key] for seed in per_seed]
-            summary[name][key] = {"mean": float(np.mean(values)), "std": float(np.std(values)), "values": values}
+            summary[name][key] = {"values": values} if isinstance(values[0], str) else \
+                {"mean": float(np.mean(values)), "std": float(np.std(values)), "values": values}
     alignment = {}
     for method in per_seed[0]["cav_alignment"]:
         alignment[method] = {key: float(np.mean([seed["cav_alignment"][method][key] for seed in per_seed]))
@@ -323,17 +361,27 @@ def summarise(per_seed: list[dict]) -> dict:
     return {"accuracy": summary, "cav_alignment": alignment}
 
 
+def relevance_cell(values: dict) -> str:
+    """R_bias mean ± std over seeds and the attribution method(s) it was computed with."""
+    if "artifact_relevance" not in values:
+        return "-"
+    methods = "/".join(sorted(set(values["attribution_method"]["values"])))
+    entry = values["artifact_relevance"]
+    return f"{entry['mean']:.3f} ± {entry['std']:.3f} ({methods})"
+
+
 def markdown(combinations: list[dict], timing: dict | None, throughput: dict | None, n_seeds: int) -> str:
     def cell(entry, scale=100.0, digits=1):
         return f"{scale * entry['mean']:.{digits}f} ± {scale * entry['std']:.{digits}f}"
 
     lines = [f"| artifact | class | method ({n_seeds} seeds) | clean acc. | attacked acc. | gap | "
-             "TCAV sensitivity (pooled) |", "|---|---|---|---|---|---|---|"]
+             "TCAV sensitivity (pooled) | R_bias (attribution) |", "|---|---|---|---|---|---|---|---|"]
     for combination in combinations:
         for name, values in combination["summary"]["accuracy"].items():
             lines.append(f"| {combination['artifact']} | {combination['target_class']} | {name} | "
                          f"{cell(values['clean_accuracy'])} | {cell(values['attacked_accuracy'])} | "
-                         f"{cell(values['attack_drop'])} | {values['tcav_pooled_sensitivity']['mean']:.2e} |")
+                         f"{cell(values['attack_drop'])} | {values['tcav_pooled_sensitivity']['mean']:.2e} | "
+                         f"{relevance_cell(values)} |")
     lines += ["", "| artifact | class | CAV | alignment (per sample) | alignment (of means) | concept AUC |",
               "|---|---|---|---|---|---|"]
     for combination in combinations:
@@ -344,8 +392,12 @@ def markdown(combinations: list[dict], timing: dict | None, throughput: dict | N
     if timing is not None:
         lines.append("")
         for recipe, times in timing.items():
-            lines.append(f"Step time ({recipe} recipe): RR-ClArC {times['rrclarc_ms']:.1f} ms vs its λ=0 control "
-                         f"{times['control_ms']:.1f} ms (ratio {times['ratio']:.2f}x, same freeze policy).")
+            if recipe == "rrr":
+                lines.append(f"Step time: RRR {times['rrr_ms']:.1f} ms vs RR-ClArC (pooled recipe) "
+                             f"{times['rrclarc_ms']:.1f} ms (ratio {times['ratio']:.2f}x).")
+            else:
+                lines.append(f"Step time ({recipe} recipe): RR-ClArC {times['rrclarc_ms']:.1f} ms vs its λ=0 "
+                             f"control {times['control_ms']:.1f} ms (ratio {times['ratio']:.2f}x, same freeze policy).")
         lines += [f"CAV pass: {throughput['cav_images_per_s']:.0f} images/s vs inference "
                   f"{throughput['inference_images_per_s']:.0f} images/s (ratio {throughput['ratio']:.2f})."]
     return "\n".join(lines) + "\n"
@@ -370,14 +422,20 @@ def main(argv=None) -> dict:
                 "artifact": kind, "target_class": target_class, "summary": summarise(per_seed),
                 "per_seed": [{key: value for key, value in seed.items()
                               if key in ("rows", "cav_alignment", "train_artifact_images", "lamb_selection",
-                                         "recipe_choice")}
+                                         "rrr_lamb_selection", "recipe_choice")}
                              for seed in per_seed]})
     timing = throughput = None
     if not args.vanilla_only:
-        timing = {"pooled": step_times(last["vanilla_model"], last["cav"], last["x"], last["y"], args,
-                                       lamb=args.lamb, freeze=args.freeze),
-                  "spatial": step_times(last["vanilla_model"], last["spatial_cav"], last["x"], last["y"], args,
-                                        lamb=args.spatial_lamb, freeze="before_layer")}
+        cav, spatial_cav = last["cav"], last["spatial_cav"]
+        recipes = {
+            "pooled": {"control": RRClArCConfig(cav=cav, lamb=0.0, freeze=args.freeze),
+                       "rrclarc": RRClArCConfig(cav=cav, lamb=args.lamb, freeze=args.freeze)},
+            "spatial": {"control": RRClArCConfig(cav=spatial_cav, lamb=0.0, freeze="before_layer"),
+                        "rrclarc": RRClArCConfig(cav=spatial_cav, lamb=args.spatial_lamb, freeze="before_layer")},
+            "rrr": {"rrclarc": RRClArCConfig(cav=cav, lamb=args.lamb, freeze=args.freeze),
+                    "rrr": RRRConfig(lamb=args.rrr_lamb, freeze=args.rrr_freeze or args.freeze)}}
+        timing = {recipe: step_times(last["vanilla_model"], configs, last["x"], last["y"], last["masks"], args)
+                  for recipe, configs in recipes.items()}
         throughput = cav_throughput(last["vanilla_model"], last["x"][:2000 if args.quick else 10_000], args.layer,
                                     repeats=1 if args.quick else 3)
     results.update({"combinations": combinations, "step_time": timing, "cav_throughput": throughput,

@@ -56,10 +56,11 @@ class FitHistory:
 
 
 def training_loss(model: nn.Module, pixel_values: torch.Tensor, labels: torch.Tensor,
-                  bias_labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-    """The loss of one batch and its parts for logging: a DebiasModel's own loss, else cross-entropy."""
+                  bias_labels: torch.Tensor, masks: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+    """The loss of one batch and its parts for logging: a DebiasModel's own loss (``masks`` reach the methods that
+    need them, RRR), else cross-entropy."""
     if isinstance(model, DebiasModel):
-        out = model(pixel_values, labels=labels, bias_labels=bias_labels)
+        out = model(pixel_values, labels=labels, bias_labels=bias_labels, masks=masks)
         parts = {"ce_loss": out.ce_loss.item(), **{k: v.item() for k, v in (out.penalty_terms or {}).items()}}
         return out.loss, parts
     loss = F.cross_entropy(logits_of(model(pixel_values)).float(), labels)
@@ -67,9 +68,13 @@ def training_loss(model: nn.Module, pixel_values: torch.Tensor, labels: torch.Te
 
 
 def fit(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, bias_labels: torch.Tensor,
-        config: FitConfig | None = None, *, progress: bool = True, desc: str = "train") -> FitHistory:
-    """Train ``model`` in place with Adam on shuffled mini-batches; ``epochs`` may be fractional."""
+        config: FitConfig | None = None, *, masks: torch.Tensor | None = None, progress: bool = True,
+        desc: str = "train") -> FitHistory:
+    """Train ``model`` in place with Adam on shuffled mini-batches; ``epochs`` may be fractional. ``masks``
+    (``[N, H, W]``, one per image) are passed, batch by batch, to a wrapper whose method needs them (RRR)."""
     config = config or FitConfig()
+    if masks is not None and masks.shape[0] != images.shape[0]:
+        raise ValueError(f"masks has {masks.shape[0]} entries for {images.shape[0]} images.")
     generator = torch.Generator().manual_seed(config.seed)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     n = images.shape[0]
@@ -89,7 +94,8 @@ def fit(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, bias_label
         index = order[cursor:cursor + config.batch_size]
         cursor += config.batch_size
         loss, parts = training_loss(model, images[index].to(device), labels[index].to(device),
-                                    bias_labels[index].to(device))
+                                    bias_labels[index].to(device),
+                                    None if masks is None else masks[index].to(device))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

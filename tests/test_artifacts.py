@@ -86,8 +86,9 @@ def test_hidden_bits_survive_the_benchmarks_image_to_tensor_conversion():
     inputs differ from the clean ones by exactly the changed pixel levels (/ 255 / 0.5), in most input values."""
     splits = controlled_artifact_arrays(artifact="hidden_bits", target_class=3, n_train=100, n_validation=200,
                                         n_test=60)
-    clean, _, _ = benchmark().tensors(splits["test_clean"])
-    attacked, labels, artifact = benchmark().tensors(splits["test_attacked"])
+    clean = benchmark().tensors(splits["test_clean"])[0]
+    attacked, labels, artifact, masks = benchmark().tensors(splits["test_attacked"])
+    assert torch.equal(masks, torch.from_numpy(splits["test_attacked"].masks)) and masks.any()
     assert attacked.dtype == torch.float32 and attacked.shape == (60, 3, 20, 20) and artifact.all()
     levels = splits["test_attacked"].images.astype(np.float64) - splits["test_clean"].images
     expected = torch.from_numpy(levels / 255 / 0.5).permute(0, 3, 1, 2).float()
@@ -115,14 +116,16 @@ def test_benchmark_runs_every_listed_artifact_and_class():
             module.parse_args(bad)
     entry = {"mean": 0.5, "std": 0.25, "values": [0.25, 0.75]}
     rows = {"vanilla": {"clean_accuracy": entry, "attacked_accuracy": entry, "attack_drop": entry,
-                        "tcav_pooled_sensitivity": {"mean": 0.0123, "std": 0.0, "values": [0.0123] * 2}}}
+                        "tcav_pooled_sensitivity": {"mean": 0.0123, "std": 0.0, "values": [0.0123] * 2},
+                        "artifact_relevance": {"mean": 0.4, "std": 0.05, "values": [0.35, 0.45]},
+                        "attribution_method": {"values": ["lrp", "lrp"]}}}
     combinations = [{"artifact": kind, "target_class": 3, "summary": {"accuracy": rows, "cav_alignment": {}}}
                     for kind in ("timestamp", "hidden_bits")]
     table = module.markdown(combinations, None, None, n_seeds=2).splitlines()
     assert table[0] == ("| artifact | class | method (2 seeds) | clean acc. | attacked acc. | gap | "
-                        "TCAV sensitivity (pooled) |")
-    assert table[2:4] == ["| timestamp | 3 | vanilla | 50.0 ± 25.0 | 50.0 ± 25.0 | 50.0 ± 25.0 | 1.23e-02 |",
-                          "| hidden_bits | 3 | vanilla | 50.0 ± 25.0 | 50.0 ± 25.0 | 50.0 ± 25.0 | 1.23e-02 |"]
+                        "TCAV sensitivity (pooled) | R_bias (attribution) |")
+    cells = "50.0 ± 25.0 | 50.0 ± 25.0 | 50.0 ± 25.0 | 1.23e-02 | 0.400 ± 0.050 (lrp)"
+    assert table[2:4] == [f"| timestamp | 3 | vanilla | {cells} |", f"| hidden_bits | 3 | vanilla | {cells} |"]
     assert not any("Step time" in line for line in table)  # --vanilla-only: no timing
 
 

@@ -321,23 +321,33 @@ def test_cli_train_help_documents_every_option():
 
 def test_rr_clarc_benchmark_quick_mode(tmp_path):
     results = load_benchmark("rr_clarc_artifact").main(["--quick", "--output", str(tmp_path / "rr.json"),
-                                                        "--lamb-grid", "0", "1000"])
+                                                        "--lamb-grid", "0", "1000", "--rrr-lamb-grid", "0", "1"])
     [combination] = results["combinations"]  # --quick: the patch on class 0
     assert (combination["artifact"], combination["target_class"]) == ("patch", 0)
     selection = combination["per_seed"][0]["lamb_selection"]
     assert set(selection["scores"]) == {"0", "1000"} and selection["chosen_lamb"] in (0.0, 1000.0)
     assert selection["scores"][f"{selection['chosen_lamb']:g}"] == max(selection["scores"].values())
+    rrr_selection = combination["per_seed"][0]["rrr_lamb_selection"]  # RRR's λ, also chosen on validation digits
+    assert set(rrr_selection["scores"]) == {"0", "1"}
+    assert rrr_selection["scores"][f"{rrr_selection['chosen_lamb']:g}"] == max(rrr_selection["scores"].values())
     rows = combination["summary"]["accuracy"]
-    assert set(rows) == {"vanilla", "no-shortcut reference", "λ=0 control", "P-ClArC", "A-ClArC", "RR-ClArC",
+    assert set(rows) == {"vanilla", "no-shortcut reference", "λ=0 control", "P-ClArC", "A-ClArC", "RR-ClArC", "RRR",
                          "spatial λ=0 control", "RR-ClArC spatial", "RR-ClArC chosen"}
     assert all(0.0 <= row["attacked_accuracy"]["mean"] <= 1.0 for row in rows.values())
+    assert all(0.0 <= row["artifact_relevance"]["mean"] <= 1.0 for row in rows.values())
+    # LRP where zennit's rules cover the model; P-ClArC's projection changes the forward pass: input x gradient
+    assert rows["vanilla"]["attribution_method"]["values"] == ["lrp"]
+    assert rows["P-ClArC"]["attribution_method"]["values"] == ["input_x_gradient"]
     choice = combination["per_seed"][0]["recipe_choice"]  # chosen on validation digits: the better of the two there
     assert choice["chosen"] == max(choice["scores"], key=choice["scores"].get)
     assert combination["per_seed"][0]["rows"]["RR-ClArC chosen"] == combination["per_seed"][0]["rows"][choice["chosen"]]
     assert set(combination["summary"]["cav_alignment"]) == {"signal", "svm", "ridge", "lasso", "logistic"}
-    assert results["step_time"]["pooled"]["ratio"] > 0 and results["step_time"]["spatial"]["ratio"] > 0
+    assert all(results["step_time"][recipe]["ratio"] > 0 for recipe in ("pooled", "spatial", "rrr"))
+    assert set(results["step_time"]["rrr"]) == {"rrclarc_ms", "rrr_ms", "ratio"}
     assert results["cav_throughput"]["ratio"] > 0
-    assert "| patch | 0 | RR-ClArC |" in (tmp_path / "rr.md").read_text()
+    table = (tmp_path / "rr.md").read_text()
+    assert "| patch | 0 | RR-ClArC |" in table and "| patch | 0 | RRR |" in table and "R_bias" in table
+    assert "Step time: RRR" in table
 
 
 def test_rr_clarc_probes_quick_mode(tmp_path):

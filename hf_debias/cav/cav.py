@@ -154,7 +154,7 @@ class CAV:
         return cav
 
     def _set_statistics(self, activations: torch.Tensor, labels: torch.Tensor) -> None:
-        scores = self.project(activations)
+        scores = self.project(activations).detach()
         self.concept_mean = float(scores[labels == 1].mean())
         self.clean_mean = float(scores[labels == 0].mean())
         self.num_samples, self.num_concept_samples = int(labels.numel()), int(labels.sum())
