@@ -15,7 +15,7 @@ _EXPORTS = {
     "DebiasConfig": "config", "available_methods": "config",
     "LayerInfo": "layers", "find_classifier": "layers", "list_layers": "layers", "resolve_layer": "layers",
     "CAV": "cav", "compute_cav": "cav",
-    "AClArCConfig": "methods", "EnDConfig": "methods", "PClArCConfig": "methods", "RRClArCConfig": "methods",
+    "AClArCConfig": "methods", "ComposedConfig": "methods", "EnDConfig": "methods", "PClArCConfig": "methods", "RRClArCConfig": "methods",
     "RRRConfig": "methods",
     "DebiasModel": "model", "DebiasOutput": "model", "get_debias_model": "model",
     "ModelCardInfo": "hub", "load_model": "hub", "push_folder": "hub",

@@ -41,6 +41,8 @@ class DebiasConfig:
     """The method's name as a reader knows it (model cards)."""
     method_summary: ClassVar[str] = ""
     """One or two sentences for a model card: what the method does and where it comes from."""
+    is_composition: ClassVar[bool] = False
+    """True for a config made of other configs (``ComposedConfig``): not a method to choose on its own."""
 
     layer: str | None = None
     base_model_name_or_path: str | None = None
@@ -77,8 +79,10 @@ class DebiasConfig:
         data.pop(FILES_KEY, None)  # the saved files' record: bookkeeping of hub.integrity, not a setting
         method = data.pop("debias_method", cls.debias_method or None)
         if method not in _CONFIG_CLASSES:
+            compositions = sorted(set(_CONFIG_CLASSES) - set(available_methods()))
             raise ValueError(
-                f"debias_method={method!r} is not a known method; choose one of: {sorted(_CONFIG_CLASSES)}."
+                f"debias_method={method!r} is not a known method; choose one of: {available_methods()}"
+                + (f" (or {compositions[0]!r} with a list of corrections)." if compositions else ".")
             )
         target = _CONFIG_CLASSES[method]
         if cls.debias_method and target is not cls:
@@ -120,7 +124,8 @@ class DebiasConfig:
         if not path.is_file():
             raise FileNotFoundError(f"No {CONFIG_NAME} in {str(directory)!r}.")
         data = read_json_object(path, "debias config")
-        missing = [key for key in REQUIRED_KEYS if key not in data]
+        target = _CONFIG_CLASSES.get(data.get("debias_method"), DebiasConfig)
+        missing = target.missing_saved_fields(data)
         if missing:
             raise ValueError(f"{path} lacks the fields {missing}; a saved debias config has {list(REQUIRED_KEYS)} "
                              "(\"layer\": null for the classifier's input). Save the model again.")
@@ -130,6 +135,11 @@ class DebiasConfig:
         except (ValueError, TypeError) as err:
             raise ValueError(f"{path}: {err}") from None
         return config
+
+    @classmethod
+    def missing_saved_fields(cls, data: dict[str, Any]) -> list[str]:
+        """The ``REQUIRED_KEYS`` a saved ``debias_config.json`` (``data``) lacks (a composition names its parts')."""
+        return [key for key in REQUIRED_KEYS if key not in data]
 
     def resolve_paths(self, directory: Path) -> None:
         """Make paths recorded relative to a saved config's folder (e.g. its CAV) absolute again; a path read
@@ -162,5 +172,6 @@ def read_json_object(path: str | os.PathLike, what: str = "JSON file") -> dict[s
 
 
 def available_methods() -> list[str]:
-    """Names of the registered correction methods."""
-    return sorted(_CONFIG_CLASSES)
+    """Names of the registered correction methods (a composition of several, ``composed``, is built from a list
+    of these and is not one of them)."""
+    return sorted(name for name, cls in _CONFIG_CLASSES.items() if not cls.is_composition)

@@ -9,6 +9,7 @@ declare ``needs_masks`` (RRR); the others ignore them, as methods without bias l
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -55,14 +56,16 @@ def logits_of(output: object) -> torch.Tensor:
 
 
 class DebiasModel(nn.Module):
-    """A classifier plus one correction method. Build it with ``get_debias_model``.
+    """A classifier plus one correction method (which may be a ``ComposedConfig`` of several). Build it with
+    ``get_debias_model``.
 
     Attributes other than the wrapper's own are looked up on the wrapped model, so timm helpers such as
     ``get_classifier()`` or ``pretrained_cfg`` keep working.
     """
 
-    def __init__(self, model: nn.Module, config: DebiasConfig):
+    def __init__(self, model: nn.Module, config: DebiasConfig | Sequence[DebiasConfig]):
         super().__init__()
+        config = as_config(config)
         self.model = model
         self.debias_config = config
         self.method = method_class_for(config)(model, config)
@@ -159,9 +162,8 @@ class DebiasModel(nn.Module):
             raise RuntimeError("This DebiasModel was already unloaded.")
         if self.method.alters_forward:
             warnings.warn(
-                f"{self.debias_config.debias_method} changed the forward pass at {self.method.layer.spec!r}; "
-                "the unloaded model no longer applies that change, so its outputs differ from the corrected "
-                "model's.",
+                f"{self.method.forward_change()}; the unloaded model no longer applies that change, so its outputs "
+                "differ from the corrected model's.",
                 stacklevel=2,
             )
         self.method.remove()
@@ -177,9 +179,22 @@ class DebiasModel(nn.Module):
             return getattr(self.model, name)
 
 
-def get_debias_model(model: nn.Module, config: DebiasConfig) -> DebiasModel:
+def as_config(config: DebiasConfig | Sequence[DebiasConfig]) -> DebiasConfig:
+    """``config`` itself; a list of configs as one ``ComposedConfig`` (a list of one as that config)."""
+    if isinstance(config, (list, tuple)):
+        from .methods.composed import ComposedConfig
+
+        if len(config) == 1:
+            return as_config(config[0])
+        return ComposedConfig(corrections=list(config))
+    return config
+
+
+def get_debias_model(model: nn.Module, config: DebiasConfig | Sequence[DebiasConfig]) -> DebiasModel:
     """Wrap ``model`` (a timm or transformers image classifier, or any ``nn.Module`` returning logits) so that
-    its training loss adds the penalty described by ``config`` (e.g. ``EnDConfig``)."""
+    its training loss adds the penalty described by ``config`` (e.g. ``EnDConfig``). A list of configs
+    (``[EnDConfig(...), RRClArCConfig(cav=ruler), RRClArCConfig(cav=tag)]``) applies them together as one
+    ``ComposedConfig``: every part's penalty is added and logged under the part's name."""
     if isinstance(model, DebiasModel):
         raise ValueError("model is already a DebiasModel; call unload() first to change the correction.")
     if not isinstance(model, nn.Module):

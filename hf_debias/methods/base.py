@@ -47,6 +47,42 @@ class DebiasMethod:
     layer: LayerRef  # where the method acts, resolved on the model
 
     @property
+    def changes_activation(self) -> bool:
+        """True when the method's hook replaces the activation at ``layer`` by a different value in a forward pass
+        (P-ClArC's and A-ClArC's shift along the CAV, EnD's L2 normalisation with ``normalize_forward`` 'always' or
+        'train'), False when it only reads it (RR-ClArC, RRR, EnD with 'never'). A composition refuses two methods
+        that change one layer: the result would depend on their order. The default reads the resolved config;
+        a new method that changes its layer overrides it."""
+        method = self.config.debias_method
+        if method in ("pclarc", "aclarc"):
+            return True
+        return method == "end" and getattr(self.config, "normalize_forward", "never") != "never"
+
+    @property
+    def has_penalty(self) -> bool:
+        """False for the methods whose loss term is always 0 (P-ClArC, A-ClArC: they move activations instead)."""
+        return self.config.debias_method not in ("pclarc", "aclarc")
+
+    @property
+    def freeze_policy(self) -> tuple[str, LayerRef | None] | None:
+        """``(policy, layer)`` of the methods that freeze parameters (``freezing.FREEZE_POLICIES``; the layer only
+        for ``before_layer``), None for a method that trains whatever is trainable (EnD)."""
+        policy = getattr(self.config, "freeze", None)
+        if policy is None:
+            return None
+        return policy, (self.layer if policy == "before_layer" else None)
+
+    def forward_change(self) -> str:
+        """Where and how the deployed forward pass differs from the plain network's (for ``alters_forward``)."""
+        return f"{self.config.debias_method} changed the forward pass at {self.layer.spec!r}"
+
+    @classmethod
+    def for_config(cls, config: DebiasConfig) -> type[DebiasMethod]:
+        """The class that runs ``config``: ``cls`` itself, or (a composition) a subclass whose class attributes
+        (``needs_bias_labels``, ``needs_masks``, ``compile_safe``) describe that config's parts."""
+        return cls
+
+    @property
     def alters_forward(self) -> bool:
         """True when the deployed (eval-mode) model predicts differently from the plain architecture with the same
         weights, so that plain timm / transformers loaders must be refused (``hub.save_model`` guards the repo) and
@@ -64,7 +100,7 @@ class DebiasMethod:
     def on_train(self, mode: bool) -> None:
         """Called after ``model.train(mode)`` (e.g. to keep frozen norm layers in eval mode)."""
 
-    needs_masks: bool = False
+    needs_masks: ClassVar[bool] = False
     """Whether ``penalty`` takes per-image ``masks`` (RRR): the wrapper passes them only to such methods, the
     Trainer keeps their dataset column."""
 
@@ -86,7 +122,8 @@ def method_class_for(config: DebiasConfig) -> type[DebiasMethod]:
     if not isinstance(config, DebiasConfig):
         raise ValueError(f"config must be a DebiasConfig such as EnDConfig, got {type(config).__name__}.")
     try:
-        return _METHOD_CLASSES[config.debias_method]
+        cls = _METHOD_CLASSES[config.debias_method]
     except KeyError:
         raise ValueError(f"No method registered for debias_method={config.debias_method!r}; "
                          f"registered: {sorted(_METHOD_CLASSES)}.") from None
+    return cls.for_config(config)
