@@ -28,10 +28,12 @@ from pathlib import Path
 
 OWNED = ("config.json", "model.safetensors", "hf_debias_model.safetensors", "model-*-of-*.safetensors",
          "model.safetensors.index.json", "debias_config.json", "preprocessor_config.json", "README.md", "report.png",
-         "cav/cav.safetensors", "cav/cav_config.json")
+         "cav/cav.safetensors", "cav/cav_config.json", "cav_[0-9]*/cav.safetensors",
+         "cav_[0-9]*/cav_config.json")
 """What an hf_debias model save writes (relative POSIX paths, ``fnmatch`` patterns; ``preprocessor_config.json``
-when it is given an image processor, or Trainer's ``processing_class`` writes it): the files a later save into the
-same folder replaces or removes, and (with ``CAV_OWNED``) the only files a push uploads."""
+when it is given an image processor, or Trainer's ``processing_class`` writes it; ``cav_<index>/``: the CAV of a
+composed correction's part ``index``): the files a later save into the same folder replaces or removes, and (with
+``CAV_OWNED``) the only files a push uploads."""
 
 CAV_OWNED = ("cav.safetensors", "cav_config.json", "README.md", "*/cav.safetensors", "*/cav_config.json",
              "*/README.md")

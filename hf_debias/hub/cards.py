@@ -298,17 +298,19 @@ def debias_model_card(config: DebiasConfig, *, repo_id: str, library: str, plain
         tags=["hf_debias", "bias-correction", config.debias_method, "image-classification"],
         datasets=[info.dataset] if info.dataset and "/" in info.dataset else None,
         eval_results=_eval_results(info) or None)
-    cav_summary = None
-    if cav is not None:
-        cav_summary = {**cav.metadata(), "auc_text": describe_auc(cav.quality),
-                       "base_model_name_or_path": recordable_name(cav.base_model_name_or_path)}
-    notes = shown.card_notes() if callable(getattr(shown, "card_notes", None)) else []
+    parts = _parts(config, shown)
+    if parts:
+        card_data.tags[3:3] = sorted({part["method"] for part in parts})
+    cav_summary = _cav_summary(cav) if cav is not None else None
+    notes = [] if parts else shown.card_notes() if callable(getattr(shown, "card_notes", None)) else []
     return ModelCard.from_template(
         card_data, template_path=str(TEMPLATES / "debias_model_card.md"),
-        model_name=model_name, repo_id=repo_id, method_title=config.method_title or config.debias_method,
-        method_summary=config.method_summary, base_model_shown=base or "an unrecorded base model",
+        model_name=model_name, repo_id=repo_id,
+        method_title=(config.method_title or config.debias_method) + (
+            f" ({' + '.join(part['title'] for part in parts)})" if parts else ""),
+        method_summary=config.method_summary, parts=parts, base_model_shown=base or "an unrecorded base model",
         base_model_url=f"https://huggingface.co/{base_hub}" if base_hub else "#",
-        hyperparameters=[(key, value) for key, value in sorted(shown.to_dict().items()) if key not in _BOOKKEEPING],
+        hyperparameters=[] if parts else _hyperparameters(shown),
         method_notes=notes, bias=info.bias, dataset=info.dataset, metric_rows=rows,
         group_rows=_group_rows(info, info.class_names or contents.get("class_names")),
         has_baseline=bool(info.baseline_metrics), baseline_name=info.baseline_name,
@@ -317,6 +319,36 @@ def debias_model_card(config: DebiasConfig, *, repo_id: str, library: str, plain
         plain_loading=plain_loading, library=library, layout=layout, processor_source=processor_source,
         has_processor=contents.get("has_processor"), image_file=IMAGE_FILE, limitations=info.limitations,
         cav=cav_summary, hf_debias_version=__version__, versions=_versions())
+
+
+def _hyperparameters(config: DebiasConfig) -> list[tuple[str, Any]]:
+    return [(key, value) for key, value in sorted(config.to_dict().items()) if key not in _BOOKKEEPING]
+
+
+def _cav_summary(cav: CAV) -> dict[str, Any]:
+    return {**cav.metadata(), "auc_text": describe_auc(cav.quality), "pooling_description": cav.pooling_description,
+            "base_model_name_or_path": recordable_name(cav.base_model_name_or_path)}
+
+
+def _parts(config: DebiasConfig, shown: DebiasConfig) -> list[dict[str, Any]]:
+    """One entry per part of a composed correction (none for a single method): its name, title, summary,
+    settings as the method resolved them, notes, and its CAV with the folder it is saved in."""
+    given = getattr(config, "corrections", None)
+    if given is None:
+        return []
+    from ..methods.composed.config import CAV_FOLDER
+
+    resolved = getattr(shown, "corrections", given)
+    parts = []
+    for index, (part, name) in enumerate(zip(resolved, config.part_names())):
+        cav = part.load_cav() if hasattr(part, "load_cav") else None
+        parts.append({
+            "index": index, "name": name, "method": part.debias_method,
+            "title": part.method_title or part.debias_method, "summary": part.method_summary,
+            "hyperparameters": [(k, v) for k, v in _hyperparameters(part) if k != "debias_method"],
+            "notes": part.card_notes() if callable(getattr(part, "card_notes", None)) else [],
+            "cav": _cav_summary(cav) if cav is not None else None, "cav_folder": CAV_FOLDER.format(index=index)})
+    return parts
 
 
 def copy_chart(info: ModelCardInfo | None, folder: Path) -> None:

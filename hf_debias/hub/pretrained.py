@@ -5,7 +5,8 @@ A saved corrected model is a folder (or Hub repo) holding:
 - the classifier in its own library's format (``config.json`` + safetensors; see ``native``), so a correction
   that leaves the forward pass alone loads by name in plain timm and transformers with the same logits;
 - ``debias_config.json``: method, layer, hyper-parameters, base model id and revision, hf_debias version;
-- ``cav/`` for CAV-based methods (``cav.safetensors`` + ``cav_config.json``);
+- ``cav/`` for CAV-based methods (``cav.safetensors`` + ``cav_config.json``); a composed correction keeps each
+  CAV part's in ``cav_<index>/`` and lists every part in its one ``debias_config.json``;
 - ``README.md``: the model card, plus ``report.png`` when a chart is given.
 
 ``load_model`` restores every kind, the forward-changing ones included, with the same logits as before saving.
@@ -34,15 +35,42 @@ from .resolve import resolve_folder
 
 
 def _recorded_config(model: DebiasModel) -> DebiasConfig:
-    """The model's config with its base model filled in from the model when the user did not record one."""
-    config = model.debias_config
+    """The model's config with its base model filled in from the model when the user did not record one (in
+    every part of a composed correction too)."""
+    return _with_base_model(model.debias_config, *model_identity(model.model))
+
+
+def _with_base_model(config: DebiasConfig, found_name: str | None, found_revision: str | None) -> DebiasConfig:
     name, revision = config.base_model_name_or_path, config.revision
     if name is None:
-        name, found_revision = model_identity(model.model)
-        revision = revision or found_revision
+        name, revision = found_name, revision or found_revision
+    changes = {}
     if (name, revision) != (config.base_model_name_or_path, config.revision) or recordable_name(name) != name:
-        config = dataclasses.replace(config, base_model_name_or_path=recordable_name(name), revision=revision)
-    return config
+        changes.update(base_model_name_or_path=recordable_name(name), revision=revision)
+    parts = getattr(config, "corrections", None)
+    if parts is not None:
+        recorded = [_with_base_model(part, name, revision) for part in parts]
+        if any(new is not old for new, old in zip(recorded, parts)):
+            changes["corrections"] = recorded
+    return dataclasses.replace(config, **changes) if changes else config
+
+
+def _cavs_of(config: DebiasConfig) -> list:
+    """The CAVs a saved config writes: its own, or each CAV part's of a composed correction."""
+    parts = getattr(config, "corrections", [config])
+    return [part.load_cav() for part in parts if hasattr(part, "load_cav")]
+
+
+def _forward_change_reason(config: DebiasConfig, model: DebiasModel) -> str | None:
+    """Why plain loaders must refuse the saved folder (which parts change the forward pass); None: they may load it."""
+    if not model.method.alters_forward:
+        return None
+    parts = getattr(model.method, "parts", None)
+    if parts is None:
+        return f"{config.method_title or config.debias_method} changes the forward pass"
+    titles = [part.config.method_title or part.config.debias_method for part in parts if part.alters_forward]
+    return f"{' and '.join(titles)} in this composed correction change{'s' if len(titles) == 1 else ''} the " \
+           "forward pass"
 
 
 def save_model(model: nn.Module, save_directory: str | os.PathLike, *, card: ModelCardInfo | None = None,
@@ -71,22 +99,23 @@ def save_model(model: nn.Module, save_directory: str | os.PathLike, *, card: Mod
     if model.method is None:
         raise RuntimeError("This DebiasModel was unloaded; save the model that unload() returned instead.")
     config = _recorded_config(model)
-    reason = f"{config.method_title or config.debias_method} changes the forward pass" \
-        if model.method.alters_forward else None
+    reason = _forward_change_reason(config, model)
     with staging_folder(folder) as staging:
         library = write_native(model.model, staging, refuse_plain_loading=reason)
         if image_processor is not None:
             image_processor.save_pretrained(staging)
         config.save_pretrained(staging)
-        cav = config.load_cav() if hasattr(config, "load_cav") else None
+        cavs = _cavs_of(config)
         copy_chart(card, staging)
         debias_model_card(config, repo_id=repo_id or folder.resolve().name, library=library,
-                          plain_loading=reason is None, info=card, cav=cav, folder=staging,
-                          method_config=getattr(model.method, "config", None)).save(staging / "README.md")
+                          plain_loading=reason is None, info=card, cav=cavs[0] if len(cavs) == 1 else None,
+                          folder=staging, method_config=getattr(model.method, "config", None),
+                          ).save(staging / "README.md")
         add_record(staging, files_under(staging))
         install(staging, folder, owned=OWNED, barrier=barrier(staging), last=[CONFIG_NAME, MODEL_CONFIG_NAME])
-        if cav is not None and cav.name_or_path is not None and Path(cav.name_or_path).parent == staging:
-            cav.name_or_path = str(folder / Path(cav.name_or_path).name)  # it now lives in the saved folder
+        for cav in cavs:
+            if cav.name_or_path is not None and Path(cav.name_or_path).parent == staging:
+                cav.name_or_path = str(folder / Path(cav.name_or_path).name)  # it now lives in the saved folder
     return folder
 
 
