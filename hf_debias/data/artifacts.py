@@ -12,6 +12,7 @@ Artifacts (``ARTIFACTS``): a solid ``patch`` in a corner, a ``timestamp``-like t
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -137,19 +138,65 @@ def _render_text(text: str, scale: int, max_width: int) -> np.ndarray:
 @dataclass
 class ArtifactSplit:
     """One split as arrays: uint8 ``images`` ``[N, H, W, 3]``, int64 ``labels``, 0/1 ``artifact`` and the
-    boolean ``masks`` ``[N, H, W]`` (all False where there is no artifact)."""
+    boolean ``masks`` ``[N, H, W]`` (all False where there is no artifact).
+
+    With several artifacts (``controlled_artifact_arrays(artifacts=...)``) ``artifact`` and ``masks`` are those of
+    any artifact, and ``artifact_flags`` / ``artifact_masks`` hold each artifact's own, by name
+    (``artifact_names``); both are None for a single artifact."""
 
     images: np.ndarray
     labels: np.ndarray
     artifact: np.ndarray
     masks: np.ndarray
+    artifact_flags: dict[str, np.ndarray] | None = None
+    artifact_masks: dict[str, np.ndarray] | None = None
+
+
+def artifact_names(artifacts: Sequence[tuple[ArtifactSpec | str, int]]) -> list[str]:
+    """Each artifact's name: its kind (``patch``), or ``<kind>_<index>`` where the list repeats a kind."""
+    kinds = [_spec(spec).kind for spec, _ in artifacts]
+    return [kind if kinds.count(kind) == 1 else f"{kind}_{index}" for index, kind in enumerate(kinds)]
+
+
+def _spec(artifact: ArtifactSpec | str) -> ArtifactSpec:
+    return ArtifactSpec(artifact) if isinstance(artifact, str) else artifact
+
+
+def _pairs(artifact, target_class, artifacts) -> list[tuple[ArtifactSpec, int]]:
+    if artifacts is None:
+        return [(_spec("patch" if artifact is None else artifact), 0 if target_class is None else target_class)]
+    if artifact is not None or target_class is not None:
+        raise ValueError("Pass either artifact= and target_class= (one artifact) or artifacts=[(spec, class), ...] "
+                         "(several), not both.")
+    if isinstance(artifacts, (str, ArtifactSpec)) or not isinstance(artifacts, Sequence) or not artifacts:
+        raise ValueError(f"artifacts must be a non-empty list of (ArtifactSpec or kind, target_class) pairs, got "
+                         f"{artifacts!r}.")
+    pairs = []
+    for index, pair in enumerate(artifacts):
+        if not isinstance(pair, (tuple, list)) or len(pair) != 2 or isinstance(pair[1], bool) or \
+                not isinstance(pair[1], int):
+            raise ValueError(f"artifacts[{index}] must be an (ArtifactSpec or kind, target_class) pair, got {pair!r}.")
+        pairs.append((_spec(pair[0]), pair[1]))
+    return pairs
 
 
 def controlled_artifact_arrays(source: dict[str, tuple[np.ndarray, np.ndarray]] | None = None, *,
-                               artifact: ArtifactSpec | str = "patch", target_class: int = 0, p: float = 0.8,
-                               seed: int = 0, **digit_kwargs) -> dict[str, ArtifactSplit]:
-    """Build the four splits as arrays; see ``build_controlled_artifact``."""
-    spec = ArtifactSpec(artifact) if isinstance(artifact, str) else artifact
+                               artifact: ArtifactSpec | str | None = None, target_class: int | None = None,
+                               p: float = 0.8, seed: int = 0,
+                               artifacts: Sequence[tuple[ArtifactSpec | str, int]] | None = None,
+                               **digit_kwargs) -> dict[str, ArtifactSplit]:
+    """Build the splits as arrays; see ``build_controlled_artifact``.
+
+    ``artifacts=[(spec, target_class), ...]`` inserts several artifacts, each into ``p`` of its own target class's
+    training (and validation) images, drawn independently and drawn in list order (a later artifact is drawn over an
+    earlier one where both fall on one image). The test splits are then ``test_clean``, ``test_attacked`` (every
+    artifact in every image) and ``test_attacked_<name>`` (that artifact alone in every image; ``artifact_names``).
+    One artifact (``artifact=``, ``target_class=``; the defaults: the patch in class 0) gives the four splits of
+    ``SPLITS``, exactly as before ``artifacts`` existed.
+    """
+    pairs = _pairs(artifact, target_class, artifacts)
+    several = artifacts is not None
+    names = artifact_names(pairs)
     if not 0.0 < p <= 1.0:
         raise ValueError(f"p must be in (0, 1], got {p!r}.")
     if source is None:
@@ -164,32 +211,43 @@ def controlled_artifact_arrays(source: dict[str, tuple[np.ndarray, np.ndarray]] 
     # Its own stream: a plain default_rng(seed) permutation would pick the same positions as a user's
     # shuffle(seed=seed) (datasets uses one), so a shuffled subset would hold only artifact images.
     rng = np.random.default_rng([seed, 0xA27])
+    splits = [*SPLITS, *(f"test_attacked_{name}" for name in names)] if several else SPLITS
     out = {}
-    for split in SPLITS:
-        base = {"test_clean": "test", "test_attacked": "test"}.get(split, split)
+    for split in splits:
+        base = "test" if split.startswith("test_") else split
         if base not in source:
             continue
         images, labels = source[base]
         labels = np.asarray(labels, dtype=np.int64)
-        if target_class not in set(labels.tolist()):
-            raise ValueError(f"target_class={target_class} does not occur in the {base!r} labels "
-                             f"({sorted(set(labels.tolist()))[:20]}).")
-        if split == "test_attacked":
-            chosen = np.ones(len(labels), dtype=bool)
-        elif split == "test_clean":
-            chosen = np.zeros(len(labels), dtype=bool)
-        else:  # exactly round(p * n) images of the target class
-            members = rng.permutation(np.flatnonzero(labels == target_class))
-            chosen = np.zeros(len(labels), dtype=bool)
-            chosen[members[:int(round(p * len(members)))]] = True
-        with_artifact, masks = insert_artifact(images, spec)
-        out[split] = ArtifactSplit(np.where(chosen[:, None, None, None], with_artifact, images), labels,
-                                   chosen.astype(np.int64), masks & chosen[:, None, None])
+        present = set(labels.tolist())
+        current, flags, masks = images, {}, {}
+        for name, (spec, target) in zip(names, pairs):
+            if target not in present:
+                where = f"artifacts[{names.index(name)}]: " if several else ""
+                raise ValueError(f"{where}target_class={target} does not occur in the {base!r} labels "
+                                 f"({sorted(present)[:20]}).")
+            if split == "test_attacked" or split == f"test_attacked_{name}":
+                chosen = np.ones(len(labels), dtype=bool)
+            elif split.startswith("test_"):
+                chosen = np.zeros(len(labels), dtype=bool)
+            else:  # exactly round(p * n) images of the target class
+                members = rng.permutation(np.flatnonzero(labels == target))
+                chosen = np.zeros(len(labels), dtype=bool)
+                chosen[members[:int(round(p * len(members)))]] = True
+            with_artifact, mask = insert_artifact(current, spec)
+            current = np.where(chosen[:, None, None, None], with_artifact, current)
+            flags[name], masks[name] = chosen.astype(np.int64), mask & chosen[:, None, None]
+        if not several:
+            out[split] = ArtifactSplit(current, labels, flags[names[0]], masks[names[0]])
+            continue
+        out[split] = ArtifactSplit(current, labels, np.any(list(flags.values()), axis=0).astype(np.int64),
+                                   np.any(list(masks.values()), axis=0), artifact_flags=flags, artifact_masks=masks)
     return out
 
 
-def build_controlled_artifact(source=None, *, artifact: ArtifactSpec | str = "patch", target_class: int = 0,
-                              p: float = 0.8, seed: int = 0, **digit_kwargs):
+def build_controlled_artifact(source=None, *, artifact: ArtifactSpec | str | None = None,
+                              target_class: int | None = None, p: float = 0.8, seed: int = 0,
+                              artifacts: Sequence[tuple[ArtifactSpec | str, int]] | None = None, **digit_kwargs):
     """The controlled-artifact benchmark as a ``datasets.DatasetDict`` with splits ``train``, ``validation``,
     ``test_clean`` and ``test_attacked`` and columns ``image`` (PIL), ``labels``, ``artifact`` (0/1) and
     ``artifact_mask`` (PIL, 255 where the artifact is).
@@ -198,9 +256,12 @@ def build_controlled_artifact(source=None, *, artifact: ArtifactSpec | str = "pa
         source: ``None`` for the built-in digits (offline), a ``datasets.DatasetDict`` with ``train`` and
             ``test`` (and optionally ``validation``) splits with ``image`` and ``label(s)`` columns, or a dict
             ``{split: (uint8 images [N, H, W, 3], labels)}``. Images of one split must share a size.
-        artifact: an ``ArtifactSpec`` or one of ``ARTIFACTS``.
-        target_class: the class whose training images get the artifact.
+        artifact: an ``ArtifactSpec`` or one of ``ARTIFACTS`` (default ``"patch"``).
+        target_class: the class whose training images get the artifact (default 0).
         p: the share of that class's training (and validation) images that get it.
+        artifacts: instead of ``artifact`` and ``target_class``, several ``(artifact, target_class)`` pairs: the
+            splits ``test_attacked_<name>`` and the columns ``artifact_<name>`` / ``artifact_mask_<name>`` are added
+            per artifact (``artifact`` / ``artifact_mask``: any of them); see ``controlled_artifact_arrays``.
         **digit_kwargs: for the built-in digits: ``n_train``, ``n_validation``, ``n_test``, ``image_size``,
             ``noise``, ``digit_fraction`` (see ``hf_debias.data.digit_arrays``; defaults ``BUILTIN_DIGITS``).
 
@@ -212,15 +273,25 @@ def build_controlled_artifact(source=None, *, artifact: ArtifactSpec | str = "pa
     if isinstance(source, datasets.DatasetDict) or (source is not None and not isinstance(source, dict)):
         source = _arrays_from_datasets(source)
     arrays = controlled_artifact_arrays(source, artifact=artifact, target_class=target_class, p=p, seed=seed,
-                                        **digit_kwargs)
-    features = datasets.Features({"image": datasets.Image(), "labels": datasets.Value("int64"),
-                                  "artifact": datasets.ClassLabel(names=["clean", "artifact"]),
-                                  "artifact_mask": datasets.Image()})
+                                        artifacts=artifacts, **digit_kwargs)
+    columns = {"image": datasets.Image(), "labels": datasets.Value("int64"),
+               "artifact": datasets.ClassLabel(names=["clean", "artifact"]), "artifact_mask": datasets.Image()}
+    names = artifact_names(artifacts) if artifacts is not None else []
+    for name in names:
+        columns.update({f"artifact_{name}": datasets.ClassLabel(names=["clean", "artifact"]),
+                        f"artifact_mask_{name}": datasets.Image()})
+    features = datasets.Features(columns)
+
+    def table(data: ArtifactSplit) -> dict:
+        values = {"image": list(data.images), "labels": data.labels, "artifact": data.artifact,
+                  "artifact_mask": list((data.masks * 255).astype(np.uint8))}
+        for name in names:
+            values[f"artifact_{name}"] = data.artifact_flags[name]
+            values[f"artifact_mask_{name}"] = list((data.artifact_masks[name] * 255).astype(np.uint8))
+        return values
+
     return datasets.DatasetDict({
-        split: datasets.Dataset.from_dict(
-            {"image": list(data.images), "labels": data.labels, "artifact": data.artifact,
-             "artifact_mask": list((data.masks * 255).astype(np.uint8))},
-            features=features, split=datasets.NamedSplit(split))
+        split: datasets.Dataset.from_dict(table(data), features=features, split=datasets.NamedSplit(split))
         for split, data in arrays.items()
     })
 
