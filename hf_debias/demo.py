@@ -140,14 +140,13 @@ def run_rrclarc_demo(settings: DemoSettings, log=print) -> dict[str, dict[str, f
     import timm
     import torch
 
-    from .attribution import attribute
     from .cav import compute_cav
     from .data import controlled_artifact_arrays
-    from .heatmaps import save_heatmap_grid
     from .fit_loop import FitConfig, fit, images_to_tensor
     from .methods import RRClArCConfig
-    from .metrics import artifact_relevance, directional_derivatives, model_artifact_accuracy, tcav
+    from .metrics import directional_derivatives, model_artifact_accuracy, tcav
     from .model import get_debias_model
+    from .relevance_report import compare_artifact_relevance
     from .report import format_table, write_report
 
     log(f"\nPart 2, RR-ClArC. Building the controlled-artifact digits ({settings.artifact_n_train:,} training "
@@ -187,19 +186,14 @@ def run_rrclarc_demo(settings: DemoSettings, log=print) -> dict[str, dict[str, f
     # Where the models look: attributions of class-0 images with the patch (the authors' R_bias samples)
     patched = (splits["test_attacked"][1] == 0).nonzero().flatten()[:200]
     images, masks = splits["test_attacked"][0][patched], torch.from_numpy(arrays["test_attacked"].masks)[patched]
-    shown, relevance = {}, {}
-    for name in ("vanilla", "RR-ClArC"):
-        attributions, method = attribute(models[name], images, labels=torch.zeros(len(patched), dtype=torch.long))
-        relevance[name] = artifact_relevance(attributions, masks)
-        rows[name]["artifact_relevance"] = relevance[name]["artifact_relevance"]
-        shown[f"{name} ({method})"] = attributions[:HEATMAP_IMAGES]
-    heatmaps = save_heatmap_grid(images[:HEATMAP_IMAGES], shown, Path(settings.output_dir) / "rrclarc_heatmaps.png",
-                                 masks=masks[:HEATMAP_IMAGES],
-                                 scores={column: relevance[name]["per_image"][:HEATMAP_IMAGES]
-                                         for column, name in zip(shown, relevance)})
+    relevance = compare_artifact_relevance({name: models[name] for name in ("vanilla", "RR-ClArC")}, images, masks,
+                                           labels=torch.zeros(len(patched), dtype=torch.long), shown=HEATMAP_IMAGES,
+                                           path=Path(settings.output_dir) / "rrclarc_heatmaps.png")
+    for name, value in relevance.artifact_relevance.items():
+        rows[name]["artifact_relevance"] = value
     log(f"  artifact relevance R_bias (share of |attribution| inside the patch, {len(patched)} images): vanilla "
-        f"{relevance['vanilla']['artifact_relevance']:.3f}, RR-ClArC {relevance['RR-ClArC']['artifact_relevance']:.3f}"
-        f"; heatmaps: {heatmaps}")
+        f"{relevance.artifact_relevance['vanilla']:.3f}, RR-ClArC {relevance.artifact_relevance['RR-ClArC']:.3f}"
+        f"; heatmaps: {relevance.heatmaps}")
     title = f"Corner-patch shortcut on class 0: vanilla vs RR-ClArC (lambda={settings.rrclarc_lamb:g})"
     json_path, png_path = write_report(settings.output_dir, rows, title=title, metrics=ARTIFACT_METRICS,
                                        name="rrclarc_report",
