@@ -15,12 +15,13 @@ _EXPORTS = {
     "DebiasConfig": "config", "available_methods": "config",
     "LayerInfo": "layers", "find_classifier": "layers", "list_layers": "layers", "resolve_layer": "layers",
     "CAV": "cav", "compute_cav": "cav",
-    "AClArCConfig": "methods", "ComposedConfig": "methods", "EnDConfig": "methods", "PClArCConfig": "methods", "RRClArCConfig": "methods",
-    "RRRConfig": "methods",
+    "AClArCConfig": "methods", "ComposedConfig": "methods", "EnDConfig": "methods", "PClArCConfig": "methods",
+    "RRClArCConfig": "methods", "RRRConfig": "methods",
     "DebiasModel": "model", "DebiasOutput": "model", "get_debias_model": "model",
     "ModelCardInfo": "hub", "load_model": "hub", "push_folder": "hub",
     "DebiasTrainer": "trainer", "DebiasTrainingArguments": "training_args",
     "attribute": "attribution", "save_heatmap_grid": "heatmaps",
+    "RelevanceComparison": "relevance_report", "compare_artifact_relevance": "relevance_report",
 }
 _SUBMODULES = ("functional", "models")
 
