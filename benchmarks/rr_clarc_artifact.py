@@ -39,7 +39,6 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
-import statistics
 import sys
 import time
 import warnings
@@ -50,7 +49,7 @@ import timm
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import add_common_arguments, header, write_json  # noqa: E402
+from _common import add_common_arguments, header, median_step_ms, write_json  # noqa: E402
 from hf_debias import AClArCConfig, PClArCConfig, RRClArCConfig, RRRConfig, attribute, compute_cav, get_debias_model
 from hf_debias.cav import pool_activation
 from hf_debias.data import ARTIFACTS, ArtifactSpec, controlled_artifact_arrays, digit_arrays
@@ -304,25 +303,8 @@ def step_times(vanilla, configs: dict, x, y, masks, args) -> dict[str, float]:
     """Median ms per fine-tuning step of each correction in ``configs`` (name -> config; two of them), alternating
     blocks in one process on the same batches, and the ratio of the second to the first. ``masks`` reach RRR."""
     models = {name: get_debias_model(copy.deepcopy(vanilla), config) for name, config in configs.items()}
-    optimisers = {name: torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-                  for name, model in models.items()}
-    times: dict[str, list[float]] = {name: [] for name in models}
-    generator = torch.Generator().manual_seed(0)
-    for block in range(2 * args.timing_steps // 5 + 2):
-        for name, model in models.items():
-            model.train()
-            for _ in range(5):
-                index = torch.randint(0, x.shape[0], (args.finetune_batch,), generator=generator)
-                start = time.perf_counter()
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    loss = model(x[index], labels=y[index], masks=masks[index]).loss
-                optimisers[name].zero_grad(set_to_none=True)
-                loss.backward()
-                optimisers[name].step()
-                if block > 0:  # the first block warms up
-                    times[name].append(time.perf_counter() - start)
-    result = {f"{name}_ms": 1000 * statistics.median(values) for name, values in times.items()}
+    times = median_step_ms(models, x, y, steps=args.timing_steps, batch_size=args.finetune_batch, masks=masks)
+    result = {f"{name}_ms": ms for name, ms in times.items()}
     first, second = configs
     result["ratio"] = result[f"{second}_ms"] / result[f"{first}_ms"]
     return result

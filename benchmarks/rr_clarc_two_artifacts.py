@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import statistics
 import sys
 import time
 import warnings
@@ -34,7 +33,7 @@ import timm
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import add_common_arguments, header, write_json  # noqa: E402
+from _common import add_common_arguments, header, median_step_ms, write_json  # noqa: E402
 from hf_debias import RRClArCConfig, compute_cav, get_debias_model
 from hf_debias.data import ARTIFACTS, ArtifactSpec, controlled_artifact_arrays, digit_arrays
 from hf_debias.data.artifacts import BUILTIN_DIGITS, artifact_names
@@ -143,25 +142,8 @@ def step_times(vanilla, cavs: dict, x, y, args) -> dict[str, float]:
                "one": RRClArCConfig(cav=cavs[first], lamb=args.lamb, freeze=args.freeze),
                "composed": [RRClArCConfig(cav=cav, lamb=args.lamb, freeze=args.freeze) for cav in cavs.values()]}
     models = {name: get_debias_model(copy.deepcopy(vanilla), config) for name, config in configs.items()}
-    optimisers = {name: torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-                  for name, model in models.items()}
-    times: dict[str, list[float]] = {name: [] for name in models}
-    generator = torch.Generator().manual_seed(0)
-    for block in range(2 * args.timing_steps // 5 + 2):
-        for name, model in models.items():
-            model.train()
-            for _ in range(5):
-                index = torch.randint(0, x.shape[0], (args.finetune_batch,), generator=generator)
-                start = time.perf_counter()
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    loss = model(x[index], labels=y[index]).loss
-                optimisers[name].zero_grad(set_to_none=True)
-                loss.backward()
-                optimisers[name].step()
-                if block > 0:
-                    times[name].append(time.perf_counter() - start)
-    result = {f"{name}_ms": 1000 * statistics.median(values) for name, values in times.items()}
+    times = median_step_ms(models, x, y, steps=args.timing_steps, batch_size=args.finetune_batch)
+    result = {f"{name}_ms": ms for name, ms in times.items()}
     result["composed_vs_one"] = result["composed_ms"] / result["one_ms"]
     result["composed_vs_control"] = result["composed_ms"] / result["control_ms"]
     result["one_vs_control"] = result["one_ms"] / result["control_ms"]
