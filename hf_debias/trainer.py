@@ -442,6 +442,8 @@ def debias_config_differences(saved: DebiasConfig | None, current: DebiasConfig 
                 f"this run {current.debias_method if current else 'none'}"]
     if saved.debias_method != current.debias_method:
         return [f"method: checkpoint {saved.debias_method}, this run {current.debias_method}"]
+    if getattr(saved, "is_composition", False):
+        return _composed_differences(saved, current)
     before, after = saved.to_dict(), current.to_dict()
     differences = [f"{key}: checkpoint {before.get(key)!r}, this run {after.get(key)!r}"
                    for key in sorted(set(before) | set(after))
@@ -458,6 +460,18 @@ def debias_config_differences(saved: DebiasConfig | None, current: DebiasConfig 
             differences.append(f"cav: the checkpoint's CAV and this run's ({current_cav.name_or_path!r}) differ "
                                f"in {', '.join(changed)}")
     return differences
+
+
+def _composed_differences(saved: DebiasConfig, current: DebiasConfig) -> list[str]:
+    """A composition's differences part by part (each part compared as a config of its own, its CAV by content),
+    each text prefixed with the part's position and method."""
+    if len(saved.corrections) != len(current.corrections):
+        return [f"corrections: checkpoint has {len(saved.corrections)} parts "
+                f"({', '.join(part.debias_method for part in saved.corrections)}), this run "
+                f"{len(current.corrections)} ({', '.join(part.debias_method for part in current.corrections)})"]
+    return [f"corrections[{index}] ({saved_part.debias_method}) {difference}"
+            for index, (saved_part, current_part) in enumerate(zip(saved.corrections, current.corrections))
+            for difference in debias_config_differences(saved_part, current_part)]
 
 
 def _read_baseline(path: str | None, split_names: list[str]) -> dict[str, dict[str, float]]:

@@ -240,6 +240,21 @@ def test_saved_as_one_config_with_a_cav_file_per_part_recorded_and_loaded(tmp_pa
     assert "- rrclarc" in card and "- end" in card  # tags
 
 
+def test_resuming_compares_a_composition_part_by_part_and_each_cav_by_content(tmp_path):
+    from hf_debias.trainer import debias_config_differences
+
+    saved_composed(tmp_path / "saved")
+    saved = load_model(tmp_path / "saved").debias_config  # parts read back from disk (CAVs as cav_<index>/)
+    assert debias_config_differences(saved, ComposedConfig(corrections=three_parts())) == []
+    other = [EnDConfig(alpha=3.0, beta=0.5, normalize_forward="never"), rr(RULER), rr(cav("tag", 9), lamb=100.0)]
+    differences = debias_config_differences(saved, ComposedConfig(corrections=other))
+    assert differences[0] == "corrections[0] (end) alpha: checkpoint 2.0, this run 3.0"
+    assert len(differences) == 2 and differences[1].startswith("corrections[2] (rrclarc) cav: the checkpoint's CAV")
+    assert "vector" in differences[1]
+    fewer = debias_config_differences(saved, ComposedConfig(corrections=three_parts()[:2]))
+    assert fewer == ["corrections: checkpoint has 3 parts (end, rrclarc, rrclarc), this run 2 (end, rrclarc)"]
+
+
 def test_a_forward_changing_part_guards_the_repo_and_a_later_save_removes_the_part_folders(tmp_path):
     folder = tmp_path / "saved"
     _, expected = saved_composed(folder, [PClArCConfig(cav=cav("c", 5, "stages.2")), rr(TAG)])
