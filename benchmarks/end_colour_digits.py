@@ -18,6 +18,13 @@ For every rho:
 
 Results go to a JSON file and a Markdown table (pasted into BENCHMARKS.md).
 
+EnD without bias labels: method ``end_pseudo`` trains EnD (form ``--pseudo-form``, default ``train``, the
+``EnDConfig`` default for this model) on pseudo bias labels from ``hf_debias.pseudo_bias_labels``: a copy of the
+same initialised network trained briefly with GCE (``--pseudo-*`` options), its classifier-input features clustered.
+Each seed records the pseudo labels' adjusted Rand index against the true colours (``ari``, and of every
+assignment on the same auxiliary model: ``assignment_ari``) and the auxiliary training time. ``--fixed ALPHA,BETA``
+skips the selection and uses that pair for every EnD row (the pseudo-label benchmark: ``--fixed 10,1``).
+
     python benchmarks/end_colour_digits.py                 # full run (~40 min on 2 CPU cores)
     python benchmarks/end_colour_digits.py --quick         # smoke run (~30 s), used by the tests
     python benchmarks/end_colour_digits.py --epochs 3 --forms always,train --selection-from
@@ -27,6 +34,8 @@ Runs for different rho / methods are independent (selection happens per rho and 
 separate processes (e.g. one per rho and method on one GPU) and be combined afterwards:
 
     python benchmarks/end_colour_digits.py --merge part1.json part2.json ... --output all.json
+    python benchmarks/end_colour_digits.py --epochs 3 --threads 1 --fixed 10,1 --methods vanilla end_nf_train \
+        end_pseudo --rhos 0.99 0.995 --output benchmarks/results/end_colour_digits_pseudo_a.json   # + the other rhos
 """
 
 from __future__ import annotations
@@ -43,7 +52,8 @@ import timm
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import add_common_arguments, header, write_json  # noqa: E402
-from hf_debias import EnDConfig, get_debias_model
+from hf_debias import EnDConfig, PseudoLabelConfig, get_debias_model, pseudo_bias_labels
+from hf_debias.pseudo_labels import all_assignments
 from hf_debias.data import colour_digits_arrays
 from hf_debias.metrics import group_accuracy
 from hf_debias.fit_loop import FitConfig, fit, images_to_tensor, predict
@@ -52,14 +62,15 @@ PAPER_END = {0.999: 52.3, 0.997: 83.7, 0.995: 93.9, 0.99: 96.0}
 PAPER_VANILLA = {0.999: 10.4, 0.997: 33.4, 0.995: 72.1, 0.99: 89.1}
 
 
-METHODS = ("vanilla", "end_nf_false", "end_nf_true", "end_nf_train")
+METHODS = ("vanilla", "end_nf_false", "end_nf_true", "end_nf_train", "end_pseudo")
 FORM_OF = {"end_nf_false": "never", "end_nf_true": "always", "end_nf_train": "train"}
 METHOD_OF = {form: method for method, form in FORM_OF.items()}
+PSEUDO = "end_pseudo"
 SELECTION_KEY = {"never": "normalize_forward=False", "always": "normalize_forward=True",
                  "train": "normalize_forward=train"}
 COLUMN_TITLE = {"vanilla": "vanilla", "end_nf_false": "EnD, never (normalize_forward=False)",
                 "end_nf_true": "EnD, always (normalize_forward=True, guarded)",
-                "end_nf_train": "EnD, train (portable)"}
+                "end_nf_train": "EnD, train (portable)", PSEUDO: "EnD, pseudo bias labels"}
 
 
 def parse_grid(text: str) -> list[tuple[float, float]]:
@@ -101,15 +112,30 @@ def predict_keeping_head_mode(model, images: torch.Tensor, batch_size: int = 102
     return torch.cat(outputs).cpu().numpy()
 
 
-def train_and_score(data, seed: int, args, end: EnDConfig | None, splits: tuple[str, ...]) -> dict[str, dict]:
+def pseudo_config(args, seed: int) -> PseudoLabelConfig:
+    return PseudoLabelConfig(loss=args.pseudo_loss, q=args.pseudo_q, epochs=args.pseudo_epochs,
+                             batch_size=args.batch_size, lr=args.lr, n_clusters=args.pseudo_clusters,
+                             assignment=args.pseudo_assignment, seed=seed, device=args.device)
+
+
+def train_and_score(data, seed: int, args, end: EnDConfig | None, splits: tuple[str, ...],
+                    pseudo: bool = False) -> dict[str, dict]:
     torch.manual_seed(seed)
     model = timm.create_model(args.model, num_classes=10)
+    images, labels, bias_labels = data["train"]
+    pseudo_record = None
+    if pseudo:  # the auxiliary model is a copy of this very initialisation; the true colours only score it
+        result = pseudo_bias_labels(model, images, labels, pseudo_config(args, seed), bias_labels=bias_labels,
+                                    progress=args.progress)
+        pseudo_record = {"ari": result.ari, "aux_train_seconds": result.train_seconds,
+                         "assignment_ari": all_assignments(result, images, labels.numpy(), bias_labels.numpy()),
+                         "n_clusters": int(result.centres.shape[0])}
+        bias_labels = result.tensor
     if end is not None:
         model = get_debias_model(model, end)
         if end.normalize_forward != model.method.config.normalize_forward:
             raise SystemExit(f"EnD resolved normalize_forward={end.normalize_forward!r} to "
                              f"{model.method.config.normalize_forward!r}: the benchmark asks for explicit forms.")
-    images, labels, bias_labels = data["train"]
     fit_config = FitConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=seed, device=args.device)
     fit(model, images, labels, bias_labels, fit_config, progress=args.progress,
         desc=f"{'EnD' if end else 'vanilla'} seed {seed}")
@@ -119,6 +145,8 @@ def train_and_score(data, seed: int, args, end: EnDConfig | None, splits: tuple[
         scores[split] = group_accuracy(predict(model, x), y.numpy(), b.numpy(), aligned_bias="identity")
     if end is not None and end.normalize_forward == "train":
         scores["train_eval_agreement"] = training_forward_agreement(model, data[splits[0]][0])
+    if pseudo_record is not None:
+        scores["pseudo"] = pseudo_record
     return scores
 
 
@@ -142,7 +170,8 @@ def run(args) -> dict:
     grid = parse_grid(args.grid)
     results = {**header(args), "rhos": {}}
     started = time.time()
-    forms = [FORM_OF[name] for name in args.methods if name in FORM_OF]
+    forms = list(dict.fromkeys([FORM_OF[name] for name in args.methods if name in FORM_OF]
+                               + ([args.pseudo_form] if PSEUDO in args.methods else [])))
     for rho in args.rhos:
         entry: dict = {"selection": {}, "report": {}, "runs": {}}
         results["rhos"][str(rho)] = entry
@@ -152,6 +181,11 @@ def run(args) -> dict:
         entry["train_conflicting"] = int((selection_data["train"][1] != selection_data["train"][2]).sum())
         chosen = {}
         for form in forms:
+            if args.fixed is not None:
+                alpha, beta = parse_grid(args.fixed)[0]
+                chosen[form] = {"alpha": alpha, "beta": beta}
+                entry["selection"][SELECTION_KEY[form]] = {"fixed": True, "chosen": chosen[form]}
+                continue
             if args.selection_from is not None:
                 entry["selection"][SELECTION_KEY[form]] = selection_from_file(args.selection_from, rho, form)
                 chosen[form] = entry["selection"][SELECTION_KEY[form]]["chosen"]
@@ -170,6 +204,10 @@ def run(args) -> dict:
 
         configs = {"vanilla": None, **{METHOD_OF[form]: EnDConfig(
             alpha=best["alpha"], beta=best["beta"], normalize_forward=form) for form, best in chosen.items()}}
+        if PSEUDO in args.methods:
+            entry["pseudo_form"] = args.pseudo_form
+            configs[PSEUDO] = EnDConfig(alpha=chosen[args.pseudo_form]["alpha"], beta=chosen[args.pseudo_form]["beta"],
+                                        normalize_forward=args.pseudo_form)
         runs = entry["runs"] = {name: [] for name in args.methods}
         for seed in args.seeds:
             data = selection_data if args.selection_from is not None and seed == args.seeds[0] else \
@@ -177,7 +215,8 @@ def run(args) -> dict:
             for name in args.methods:
                 config = configs[name]
                 run_started = time.time()
-                scores = train_and_score(data, seed, args, config, ("test_unbiased", "test_biased"))
+                scores = train_and_score(data, seed, args, config, ("test_unbiased", "test_biased"),
+                                         pseudo=name == PSEUDO)
                 runs[name].append({"seed": seed,
                                    "unbiased": scores["test_unbiased"]["accuracy"],
                                    "conflicting": scores["test_unbiased"]["bias_conflicting_accuracy"],
@@ -185,10 +224,15 @@ def run(args) -> dict:
                                    "seconds": time.time() - run_started})
                 if "train_eval_agreement" in scores:
                     runs[name][-1]["train_eval_agreement"] = scores["train_eval_agreement"]
+                if "pseudo" in scores:
+                    runs[name][-1].update(scores["pseudo"])
                 print(f"[report] rho={rho} {name} seed={seed} unbiased={runs[name][-1]['unbiased']:.4f} "
                       f"biased={runs[name][-1]['biased']:.4f} ({runs[name][-1]['seconds']:.0f} s)"
                       + (f" train_eval_agreement={scores['train_eval_agreement']:.4f}"
-                         if "train_eval_agreement" in scores else ""), flush=True)
+                         if "train_eval_agreement" in scores else "")
+                      + (f" ari={scores['pseudo']['ari']:.4f} aux={scores['pseudo']['aux_train_seconds']:.0f} s "
+                         f"assignments={scores['pseudo']['assignment_ari']}" if "pseudo" in scores else ""),
+                      flush=True)
                 summarise(entry)
                 if args.save_partial:  # a long run leaves usable results behind at every step
                     results["minutes"] = (time.time() - started) / 60
@@ -202,8 +246,8 @@ def summarise(entry: dict) -> None:
     for name, rows in entry["runs"].items():
         if not rows:
             continue
-        metrics = ["unbiased", "conflicting", "biased"] + (
-            ["train_eval_agreement"] if "train_eval_agreement" in rows[0] else [])
+        metrics = ["unbiased", "conflicting", "biased"] + [
+            key for key in ("train_eval_agreement", "ari", "aux_train_seconds") if key in rows[0]]
         entry["report"][name] = {metric: summary([row[metric] for row in rows]) for metric in metrics}
         entry["report"][name]["seeds"] = [row["seed"] for row in rows]
 
@@ -218,10 +262,23 @@ def paired_difference(entry: dict, name: str, reference: str) -> dict | None:
     return summary(differences) if differences else None
 
 
+def gain_kept(entry: dict) -> str:
+    """EnD-with-pseudo-labels' gain over vanilla against true-label EnD's (same form), paired by seed."""
+    form = entry.get("pseudo_form")
+    true_name = METHOD_OF.get(form)
+    pseudo, true = paired_difference(entry, PSEUDO, "vanilla"), paired_difference(entry, true_name, "vanilla")
+    if pseudo is None or true is None:
+        return "-"
+    share = f" ({pseudo['mean'] / true['mean']:.0%})" if true["mean"] > 0 else ""
+    return f"{100 * pseudo['mean']:+.1f} / {100 * true['mean']:+.1f}{share}"
+
+
 def markdown(results: dict) -> str:
     names = [name for name in METHODS if any(name in entry["report"] for entry in results["rhos"].values())]
     paired = any(paired_difference(entry, "end_nf_train", "end_nf_true") for entry in results["rhos"].values())
-    titles = [COLUMN_TITLE[name] for name in names] + (["train − always (paired by seed)"] if paired else [])
+    kept = any(PSEUDO in entry["report"] for entry in results["rhos"].values())
+    titles = [COLUMN_TITLE[name] for name in names] + (["train − always (paired by seed)"] if paired else []) + (
+        ["pseudo − vanilla / true − vanilla (share of the gain kept)"] if kept else [])
     lines = ["| rho | conflicting train images | " + " | ".join(titles) + " | paper vanilla | paper EnD |",
              "|---|---|" + "---|" * len(titles) + "---|---|"]
     for rho, entry in results["rhos"].items():
@@ -232,17 +289,27 @@ def markdown(results: dict) -> str:
                 continue
             stats = entry["report"][name]["unbiased"]
             cell = f"{100 * stats['mean']:.1f} ± {100 * stats['std']:.1f}"
-            if name in FORM_OF:
-                chosen = entry["selection"][SELECTION_KEY[FORM_OF[name]]]["chosen"]
+            form = FORM_OF.get(name, entry.get("pseudo_form") if name == PSEUDO else None)
+            if form is not None:
+                chosen = entry["selection"][SELECTION_KEY[form]]["chosen"]
                 cell += f" (α={chosen['alpha']:g}, β={chosen['beta']:g})"
+            if name == PSEUDO:
+                ari = entry["report"][name]["ari"]
+                cell += f", ARI {ari['mean']:.3f} ± {ari['std']:.3f}"
             cells.append(cell)
         if paired:
             difference = paired_difference(entry, "end_nf_train", "end_nf_true")
             cells.append(f"{100 * difference['mean']:+.1f} ± {100 * difference['std']:.1f} "
                          f"({len(difference['values'])} seeds)" if difference else "-")
+        if kept:
+            cells.append(gain_kept(entry))
         rho_f = float(rho)
         lines.append(f"| {rho} | {entry['train_conflicting']} | " + " | ".join(cells)
                      + f" | {PAPER_VANILLA.get(rho_f, '-')} | {PAPER_END.get(rho_f, '-')} |")
+    fixed = {json.dumps(selection["chosen"]) for entry in results["rhos"].values()
+             for selection in entry["selection"].values() if selection.get("fixed")}
+    if fixed:
+        lines.append(f"\n(α, β) fixed (no validation selection): {', '.join(sorted(fixed))}.")
     return "\n".join(lines)
 
 
@@ -256,6 +323,8 @@ def merge(paths: list[Path]) -> dict:
         for rho, entry in part["rhos"].items():
             into = merged["rhos"].setdefault(rho, {"selection": {}, "report": {}, "runs": {},
                                                    "train_conflicting": entry["train_conflicting"]})
+            if "pseudo_form" in entry:
+                into["pseudo_form"] = entry["pseudo_form"]
             for key in ("selection", "report", "runs"):
                 if key not in entry:  # result files written before per-run rows were kept
                     continue
@@ -284,11 +353,23 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--image-size", type=int, default=16, help="image side in pixels")
     parser.add_argument("--methods", nargs="+", choices=METHODS,
                         help="what to train: vanilla and EnD with normalize_forward never (end_nf_false) / always "
-                             "(end_nf_true) / train (end_nf_train); default: all")
+                             "(end_nf_true) / train (end_nf_train), EnD on pseudo bias labels (end_pseudo); default: all "
+                             "but end_pseudo")
     parser.add_argument("--forms", help="comma-separated EnD forms to train instead of --methods' EnD entries "
                                         "(train,always,never); vanilla only if --methods names it")
     parser.add_argument("--selection-from", type=Path, metavar="JSON",
                         help="skip the selection runs: take each form's (alpha, beta) from this earlier result file")
+    parser.add_argument("--fixed", metavar="ALPHA,BETA",
+                        help="skip the selection: every EnD row uses this (alpha, beta)")
+    parser.add_argument("--pseudo-form", default="train", choices=sorted(METHOD_OF),
+                        help="normalize_forward of end_pseudo (default train: EnDConfig's default for this model); "
+                             "its gain is compared with the true-label row of the same form")
+    parser.add_argument("--pseudo-loss", default="gce", choices=["gce", "ce"], help="auxiliary model's loss")
+    parser.add_argument("--pseudo-q", type=float, default=0.7, help="GCE exponent q")
+    parser.add_argument("--pseudo-epochs", type=float, default=1.0, help="auxiliary training epochs")
+    parser.add_argument("--pseudo-clusters", type=int, help="number of bias ids (default: number of classes)")
+    parser.add_argument("--pseudo-assignment", default="global", choices=["global", "prediction", "aligned"],
+                        help="how features become bias ids comparable across classes (hf_debias.pseudo_labels)")
     parser.add_argument("--save-partial", action="store_true",
                         help="rewrite --output after every report run (long runs)")
     parser.add_argument("--progress", action="store_true", help="show a progress bar per run")
@@ -304,8 +385,8 @@ def main(argv: list[str] | None = None) -> dict:
         if unknown:
             raise SystemExit(f"--forms: unknown {unknown}; choose from {sorted(METHOD_OF)}.")
         args.methods = [name for name in args.methods or [] if name == "vanilla"] + [METHOD_OF[form] for form in forms]
-    elif args.methods is None:
-        args.methods = list(METHODS)
+    elif args.methods is None:  # end_pseudo only when named (section 1's command stays as it was)
+        args.methods = [name for name in METHODS if name != PSEUDO]
     if args.merge:
         results = {**header(args), **merge(args.merge)}
         table = markdown(results)

@@ -22,6 +22,7 @@ _EXPORTS = {
     "DebiasTrainer": "trainer", "DebiasTrainingArguments": "training_args",
     "attribute": "attribution", "save_heatmap_grid": "heatmaps",
     "RelevanceComparison": "relevance_report", "compare_artifact_relevance": "relevance_report",
+    "PseudoLabelConfig": "pseudo_labels", "PseudoLabels": "pseudo_labels", "pseudo_bias_labels": "pseudo_labels",
 }
 _SUBMODULES = ("functional", "models")
 
