@@ -28,7 +28,8 @@ class RelevanceComparison:
     """What ``compare_artifact_relevance`` measured.
 
     Attributes:
-        artifact_relevance: model name -> mean R_bias over the images (lower: the model looks less at the artifact).
+        artifact_relevance: model name -> mean R_bias over the images (lower: the model looks less at the artifact);
+            empty when no masks were given.
         attribution_method: model name -> the attribution method used (``lrp`` or ``input_x_gradient``).
         per_image: model name -> R_bias of every image.
         num_images: how many images R_bias was measured on.
@@ -41,13 +42,15 @@ class RelevanceComparison:
     num_images: int = 0
     heatmaps: Path | None = None
 
-    def summary(self) -> dict[str, dict[str, float | str]]:
-        """JSON-ready ``{model: {"artifact_relevance": ..., "attribution_method": ...}}``."""
-        return {name: {"artifact_relevance": value, "attribution_method": self.attribution_method[name]}
-                for name, value in self.artifact_relevance.items()}
+    def summary(self) -> dict[str, dict[str, float | str | None]]:
+        """JSON-ready ``{model: {"artifact_relevance": ..., "attribution_method": ...}}`` (R_bias None without
+        masks)."""
+        return {name: {"artifact_relevance": self.artifact_relevance.get(name), "attribution_method": used}
+                for name, used in self.attribution_method.items()}
 
 
-def compare_artifact_relevance(models: Mapping[str, nn.Module], images: torch.Tensor, masks: torch.Tensor, *,
+def compare_artifact_relevance(models: Mapping[str, nn.Module], images: torch.Tensor, masks: torch.Tensor | None,
+                               *,
                                labels: torch.Tensor | None = None, target: int | torch.Tensor | None = None,
                                path: str | os.PathLike | None = None, shown: int = 6, method: str = "auto",
                                process_masks: bool = True, batch_size: int = 64) -> RelevanceComparison:
@@ -56,7 +59,8 @@ def compare_artifact_relevance(models: Mapping[str, nn.Module], images: torch.Te
     Args:
         models: column title -> model, in the grid's order (e.g. the base model, then the corrected one).
         images: ``[N, C, H, W]`` preprocessed images that show the artifact.
-        masks: their artifact masks, ``[N, H, W]`` (or ``[N, 1, H, W]``), as ``artifact_relevance`` takes them.
+        masks: their artifact masks, ``[N, H, W]`` (or ``[N, 1, H, W]``), as ``artifact_relevance`` takes them;
+            None for images without masks (concept images): heatmaps only, no R_bias.
         labels / target: the class each image's attribution explains (``attribute``'s arguments; the true
             class by default).
         path: where to write the PNG (atomically); None draws nothing.
@@ -68,11 +72,18 @@ def compare_artifact_relevance(models: Mapping[str, nn.Module], images: torch.Te
         raise ValueError("models must be a non-empty mapping of column title -> model.")
     if isinstance(shown, bool) or not isinstance(shown, int) or shown < 1:
         raise ValueError(f"shown must be an integer >= 1, got {shown!r}.")
+    if masks is not None and len(masks) != len(images):
+        raise ValueError(f"masks has {len(masks)} entries for {len(images)} images; give one mask per image.")
     result = RelevanceComparison(num_images=int(images.shape[0]))
     columns, scores = {}, {}
     for name, model in models.items():
         attributions, used = attribute(model, images, method=method, target=target, labels=labels,
                                        batch_size=batch_size)
+        result.attribution_method[name] = used
+        column = f"{name} ({used})"
+        columns[column] = attributions[:shown]
+        if masks is None:
+            continue
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # a zero heatmap is NaN and left out of the mean, counted below
             relevance = artifact_relevance(attributions, masks, process_masks=process_masks)
@@ -80,11 +91,9 @@ def compare_artifact_relevance(models: Mapping[str, nn.Module], images: torch.Te
             warnings.warn(f"{name}: {relevance['num_zero_heatmaps']} of {len(images)} heatmaps are zero everywhere; "
                           "their R_bias is left out of the mean.", stacklevel=2)
         result.artifact_relevance[name] = relevance["artifact_relevance"]
-        result.attribution_method[name] = used
         result.per_image[name] = relevance["per_image"]
-        column = f"{name} ({used})"
-        columns[column] = attributions[:shown]
         scores[column] = [0.0 if value != value else value for value in relevance["per_image"][:shown]]
     if path is not None:
-        result.heatmaps = save_heatmap_grid(images[:shown], columns, Path(path), masks=masks[:shown], scores=scores)
+        result.heatmaps = save_heatmap_grid(images[:shown], columns, Path(path),
+                                            masks=None if masks is None else masks[:shown], scores=scores or None)
     return result

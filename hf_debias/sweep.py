@@ -38,7 +38,7 @@ from transformers import TrainerCallback, TrainingArguments
 
 from ._validation import check_choice
 from .metrics.group import is_group_structure_key, parse_group_key
-from .training_args import DebiasTrainingArguments, _method_flags
+from .training_args import DebiasTrainingArguments, debias_flags
 
 BACKENDS = ("optuna", "ray")
 PARAM_TYPES = ("float", "int", "categorical")
@@ -94,7 +94,7 @@ def searchable_names(args: TrainingArguments | None = None) -> list[str]:
     method and every ``TrainingArguments`` field; without ``args`` every ``DebiasTrainingArguments`` field."""
     trainer_fields = [f.name for f in dataclasses.fields(TrainingArguments) if f.init]
     if isinstance(args, DebiasTrainingArguments):
-        own = list(_method_flags(args.debias).values())
+        own = debias_flags(args.debias)
     elif args is None:
         own = [f.name for f in dataclasses.fields(DebiasTrainingArguments) if f.init and f.name not in trainer_fields]
     else:
@@ -174,7 +174,7 @@ def _checked_spec(name: str, spec: Any) -> dict[str, Any]:
 def _check_values_build_a_config(space: dict[str, dict[str, Any]], args: DebiasTrainingArguments) -> None:
     """Every bound and choice of a debias option set on a copy of ``args`` must give a valid config (alpha >= 0,
     a known pairing...): found now, not after trials have trained."""
-    debias_options = set(_method_flags(args.debias).values())
+    debias_options = set(debias_flags(args.debias))
     for name, spec in space.items():
         if name not in debias_options:
             continue

@@ -13,6 +13,8 @@ EnD's Gram matrix is built per micro-batch: with gradient accumulation the penal
 
 from __future__ import annotations
 
+import copy
+import inspect
 import json
 import logging
 import math
@@ -33,7 +35,7 @@ from .loading import unwrap_model
 from .methods.base import method_class_for
 from .metrics.group import group_accuracy, infer_aligned_bias, is_group_structure_key, parse_group_key
 from .model import DebiasModel, get_debias_model, logits_of
-from .training_args import DebiasTrainingArguments, _baseline_data
+from .training_args import PSEUDO_LABEL_COLUMN, DebiasTrainingArguments, _baseline_data
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +63,13 @@ class DebiasTrainer(Trainer):
         self._fixed_debias_config = debias_config
         self.bias_label_column = getattr(args, "bias_label_column", "bias_labels")
         train_dataset = trainer_kwargs.get("train_dataset")
+        # --bias_label_column auto: pseudo labels are computed in train(), from the model's initial weights.
+        self._pseudo_labels_pending = self.bias_label_column == PSEUDO_LABEL_COLUMN
+        self.pseudo_labels = None
+        if self._pseudo_labels_pending:
+            self.bias_label_column = PSEUDO_BIAS_COLUMN
+            _check_no_bias_column(train_dataset)
+            self._pseudo_label_source = None if model is None else copy.deepcopy(model)
         _check_label_columns(train_dataset, ("labels", self.bias_label_column), "training")
         eval_dataset = trainer_kwargs.get("eval_dataset")
         for split, dataset in (eval_dataset.items() if isinstance(eval_dataset, dict) else [(None, eval_dataset)]):
@@ -69,7 +78,8 @@ class DebiasTrainer(Trainer):
         config = self._debias_config_for(args)
         self.mask_column = _mask_column_of(config)
         if config is not None:
-            _check_training_data(train_dataset, self.bias_label_column, args, config)
+            _check_training_data(train_dataset, self.bias_label_column, args, config,
+                                 pseudo=self._pseudo_labels_pending)
         if model is not None:
             model = self._attach_correction(model, config, announce=False)
         self.aligned_bias = _aligned_bias_of(train_dataset, self.bias_label_column)
@@ -148,6 +158,44 @@ class DebiasTrainer(Trainer):
             else:
                 logger.info("model_init built %s; no correction attached (--debias none)", type(model).__name__)
         return model
+
+    def train(self, resume_from_checkpoint=None, *args, **kwargs):
+        """Trainer's ``train``; with ``--bias_label_column auto`` the pseudo bias labels are computed first."""
+        if self._pseudo_labels_pending:
+            self._attach_pseudo_labels(reuse=bool(resume_from_checkpoint))
+        return super().train(resume_from_checkpoint, *args, **kwargs)
+
+    def _attach_pseudo_labels(self, *, reuse: bool) -> None:
+        """Pseudo bias labels of the training set (``hf_debias.pseudo_bias_labels`` with the ``pseudo_*``
+        options), saved in ``output_dir/pseudo_bias_labels/`` and added to every training item. On resume the
+        saved labels are reused when they match this run's options and training set size. Every process computes
+        the same labels (same seed, same data)."""
+        from .pseudo_labels import PseudoLabels, pseudo_bias_labels
+
+        config = self.args.pseudo_label_config()
+        config.device = str(self.args.device)
+        folder = Path(self.args.output_dir) / PSEUDO_LABELS_FOLDER
+        result = None
+        if reuse and (folder / "pseudo_labels.json").is_file():
+            saved = PseudoLabels.from_pretrained(folder)
+            if saved.config == config and saved.labels.shape[0] == len(self.train_dataset):
+                result = saved
+                logger.info("Reusing the pseudo bias labels in %s.", folder)
+        if result is None:
+            source = self._pseudo_label_source
+            if source is None:
+                if self.model_init is None:
+                    raise ValueError("--bias_label_column auto needs the model (or model_init) to train the biased "
+                                     "auxiliary copy from.")
+                takes_trial = len(inspect.signature(self.model_init).parameters) > 0
+                source = (lambda: self.model_init(None)) if takes_trial else self.model_init  # noqa: E731
+            result = pseudo_bias_labels(source, self.train_dataset, None, config, progress=not self.args.disable_tqdm)
+            if self.args.should_save:
+                result.save_pretrained(folder)
+        self.pseudo_labels = result
+        self.train_dataset = WithBiasLabels(self.train_dataset, result.labels, self.bias_label_column)
+        self._pseudo_label_source = None  # the copy is no longer needed
+        self._pseudo_labels_pending = False
 
     def call_model_init(self, trial=None):
         """Trainer's ``model_init`` call, plus the correction described by the arguments of this trial."""
@@ -384,14 +432,17 @@ class DebiasTrainer(Trainer):
 
     def model_card_info(self):
         """What the model card shows: the latest eval metrics, the bias description and the baseline run's
-        metrics from the arguments (``--bias_description``, ``--baseline_results``)."""
+        metrics from the arguments (``--bias_description``, ``--baseline_results``), plus ``card_extras``
+        (``ModelCardInfo`` fields a caller adds after evaluating: ``hf-debias train`` sets ``report_chart``,
+        ``heatmaps`` and ``artifact_relevance``)."""
         from .hub import ModelCardInfo
 
         args = self.args
         return ModelCardInfo(bias=getattr(args, "bias_description", None),
                              dataset=getattr(args, "card_dataset", None), metrics=self.latest_eval_metrics(),
                              baseline_metrics=_read_baseline(getattr(args, "baseline_results", None),
-                                                             self._eval_split_names()))
+                                                             self._eval_split_names()),
+                             **getattr(self, "card_extras", {}))
 
     def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
         """No intermediate pushes: hf_debias pushes the final model once, in one commit (``push_to_hub``)."""
@@ -528,8 +579,41 @@ def _check_label_columns(dataset, columns, which: str) -> None:
                              "datasets.Value('int64')), or map the values to 0..K-1.")
 
 
-def _check_training_data(dataset, bias_column: str, args: TrainingArguments, config: DebiasConfig) -> None:
-    """Fail early on a missing bias or mask column; warn where the penalty would silently have nothing to work on."""
+PSEUDO_LABELS_FOLDER = "pseudo_bias_labels"
+"""Where ``--bias_label_column auto`` saves its labels and auxiliary model, inside ``output_dir``."""
+PSEUDO_BIAS_COLUMN = "bias_labels"
+"""The item key the pseudo labels are given under."""
+
+
+class WithBiasLabels(torch.utils.data.Dataset):
+    """A training set whose every item also has ``column`` (the pseudo bias labels), after its own transform."""
+
+    def __init__(self, dataset, labels: np.ndarray, column: str = PSEUDO_BIAS_COLUMN) -> None:
+        if len(labels) != len(dataset):
+            raise ValueError(f"{len(labels)} pseudo bias labels for a training set of {len(dataset)} items.")
+        self.dataset, self.labels, self.column = dataset, labels, column
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index):
+        return {**self.dataset[index], self.column: int(self.labels[index])}
+
+
+def _check_no_bias_column(dataset) -> None:
+    """``--bias_label_column auto`` on data that already has bias labels is an error: the pseudo labels would
+    silently take the place of real ones (use those with ``--bias_label_column bias_labels``, or drop them)."""
+    names = getattr(dataset, "column_names", None) or []
+    if PSEUDO_BIAS_COLUMN in names:
+        raise ValueError(f"--bias_label_column auto computes pseudo bias labels, but the training dataset already "
+                         f"has a {PSEUDO_BIAS_COLUMN!r} column. Use it (--bias_label_column {PSEUDO_BIAS_COLUMN}), "
+                         f"or remove it (dataset.remove_columns({PSEUDO_BIAS_COLUMN!r})) to use pseudo labels.")
+
+
+def _check_training_data(dataset, bias_column: str, args: TrainingArguments, config: DebiasConfig, *,
+                         pseudo: bool = False) -> None:
+    """Fail early on a missing bias or mask column; warn where the penalty would silently have nothing to work on.
+    ``pseudo``: the bias labels are computed later (``--bias_label_column auto``), not read from a column."""
     needs_bias = method_class_for(config).needs_bias_labels
     names = getattr(dataset, "column_names", None)
     mask_column = _mask_column_of(config)
@@ -537,7 +621,7 @@ def _check_training_data(dataset, bias_column: str, args: TrainingArguments, con
         raise ValueError(f"--debias {config.debias_method} needs a mask per image, but the training dataset has no "
                          f"column {mask_column!r}; its columns are {names}. Pass --rrr_mask_column NAME "
                          "(mask_column=... in the config).")
-    if needs_bias and names is not None:
+    if needs_bias and names is not None and not pseudo:
         if bias_column not in names:
             raise ValueError(f"--debias {config.debias_method} needs a bias label per sample, but the training "
                              f"dataset has no column {bias_column!r}; its columns are {names}. Pass "

@@ -22,6 +22,30 @@ from .functional.rr_clarc import AGGREGATIONS, GRADIENT_TARGETS
 from .functional.rrr import RRR_AGGREGATIONS, RRR_GRADIENT_TARGETS
 
 DEBIAS_CHOICES = ("none", *available_methods())
+CAV_METHODS = ("rrclarc", "pclarc", "aclarc")
+"""Methods that read ``--cav``."""
+
+
+def debias_methods(debias: str) -> list[str]:
+    """The methods ``--debias`` names: one (``end``), or several joined by commas (``end,rrclarc``: one composed
+    correction, ``get_debias_model(model, [EnDConfig(...), RRClArCConfig(...)])``); ``[]`` for ``none``.
+
+    Raises:
+        ValueError: an unknown method, ``none`` inside a list, or an empty name."""
+    names = [name.strip() for name in str(debias).split(",")]
+    for name in names:
+        if name not in DEBIAS_CHOICES:
+            raise ValueError(f"debias={debias!r}: {name!r} is not a method; choose one of "
+                             f"{', '.join(DEBIAS_CHOICES)}, or several joined by commas (end,rrclarc).")
+    if len(names) > 1 and "none" in names:
+        raise ValueError(f"debias={debias!r}: 'none' cannot be combined with a correction.")
+    return [] if names == ["none"] else names
+
+
+def debias_flags(debias: str) -> list[str]:
+    """Every argument name the methods of ``--debias`` read (their ``<method>_<field>`` and shared options), in
+    the methods' order."""
+    return list(dict.fromkeys(flag for method in debias_methods(debias) for flag in _method_flags(method).values()))
 
 
 @dataclass(repr=False)  # keep TrainingArguments' __repr__, which redacts hub_token and every other *_token
@@ -33,13 +57,38 @@ class DebiasTrainingArguments(TrainingArguments):
     An option of a method that ``--debias`` does not select, set to anything but its default, is an error;
     ``--baseline_results`` and the model-card texts are checked here, before any training."""
 
-    debias: str = field(default="none", metadata={"help": "bias correction method", "choices": list(DEBIAS_CHOICES)})
+    debias: str = field(default="none", metadata={
+        "help": f"bias correction method: {', '.join(DEBIAS_CHOICES)}; several joined by commas (end,rrclarc) "
+                "apply together as one composed correction (each reads its own options; with several --cav, one "
+                "part per CAV)"})
     debias_layer: str | None = field(default=None, metadata={
         "help": "bottleneck module name (see `hf-debias layers MODEL`); 'NAME:input' for a module's input; "
                 "default: the input of the classifier head"})
     bias_label_column: str = field(default="bias_labels", metadata={
         "help": "dataset column with one integer bias id per sample; `hf-debias train` reads this column (or "
-                "CelebA attribute) of the source data into 'bias_labels'"})
+                "CelebA attribute) of the source data into 'bias_labels'. 'auto' (EnD only, data without bias "
+                "labels): pseudo bias labels from a briefly trained, deliberately biased copy of the model "
+                "(hf_debias.pseudo_bias_labels, options --pseudo_*), saved in OUTPUT_DIR/pseudo_bias_labels/"})
+    pseudo_loss: str = field(default="gce", metadata={
+        "help": "--bias_label_column auto: the biased auxiliary model's loss, gce (generalised cross-entropy, "
+                "learns the shortcut first, as in LfF) or ce (plain cross-entropy)", "choices": ["gce", "ce"]})
+    pseudo_q: float = field(default=0.7, metadata={"help": "--bias_label_column auto: GCE's exponent q, in (0, 1]"})
+    pseudo_epochs: float = field(default=1.0, metadata={
+        "help": "--bias_label_column auto: training epochs of the auxiliary model (short on purpose; may be "
+                "fractional)"})
+    pseudo_learning_rate: float = field(default=1e-3, metadata={
+        "help": "--bias_label_column auto: Adam learning rate of the auxiliary model"})
+    pseudo_batch_size: int = field(default=256, metadata={
+        "help": "--bias_label_column auto: batch size of the auxiliary model's training"})
+    pseudo_n_clusters: int | None = field(default=None, metadata={
+        "help": "--bias_label_column auto: number of pseudo bias ids (default: the number of classes)"})
+    pseudo_assignment: str = field(default="global", metadata={
+        "help": "--bias_label_column auto: how the auxiliary model's bottleneck features become bias ids that mean "
+                "the same in every class: global (one k-means over all samples, the default: best adjusted Rand "
+                "index on Colour-Digits), prediction (the biased model's predicted class), aligned (k-means per "
+                "class, matched to the global centres)", "choices": ["global", "prediction", "aligned"]})
+    pseudo_seed: int | None = field(default=None, metadata={
+        "help": "--bias_label_column auto: seed of the auxiliary training and k-means (default: --seed)"})
     end_alpha: float = field(default=1.0, metadata={"help": "EnD: weight of the disentangling term (>= 0)"})
     end_beta: float = field(default=1.0, metadata={"help": "EnD: weight of the entangling term (>= 0)"})
     end_pairing: str = field(default="all", metadata={
@@ -92,23 +141,43 @@ class DebiasTrainingArguments(TrainingArguments):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.debias not in DEBIAS_CHOICES:
-            raise ValueError(f"debias={self.debias!r} is not valid; choose one of: {', '.join(DEBIAS_CHOICES)}.")
+        self.debias = ",".join(debias_methods(self.debias)) or "none"
         self.check_debias_options()
-        self.debias_config()  # validate the method's options now, at parse time
+        self.check_pseudo_label_options(self.debias_config())  # also validates the method's options now
         _check_card_inputs(self)  # not at the first checkpoint save
 
     def debias_config(self) -> DebiasConfig | None:
-        """The config that ``--debias`` and its options describe, or ``None`` for ``--debias none``."""
-        if self.debias == "none":
+        """The config that ``--debias`` and its options describe, or ``None`` for ``--debias none``; several
+        methods (or several comma-separated ``--cav``) give a ``ComposedConfig`` of one part each."""
+        methods = debias_methods(self.debias)
+        if not methods:
             return None
-        values = {name: getattr(self, flag) for name, flag in _method_flags(self.debias).items()}
-        return _CONFIG_CLASSES[self.debias](**values)
+        cavs = [part.strip() for part in self.cav.split(",")] if self.cav else [self.cav]
+        uses_cav = [method for method in methods if method in CAV_METHODS]
+        if len(cavs) > 1:
+            if len(uses_cav) == 1:  # --debias rrclarc --cav ruler,tag: one part per CAV
+                index = methods.index(uses_cav[0])
+                methods = methods[:index] + uses_cav * len(cavs) + methods[index + 1:]
+            elif len(uses_cav) != len(cavs):
+                raise ValueError(f"--cav {self.cav!r} names {len(cavs)} CAVs for --debias {self.debias}, whose "
+                                 f"CAV methods are {uses_cav or 'none'}: give one CAV per CAV method, in order, or "
+                                 "several CAVs for a single CAV method (one part each).")
+        parts, next_cav = [], iter(cavs)
+        for method in methods:
+            values = {name: getattr(self, flag) for name, flag in _method_flags(method).items()}
+            if method in CAV_METHODS and "cav" in values:
+                values["cav"] = next(next_cav) if len(cavs) > 1 else self.cav
+            parts.append(_CONFIG_CLASSES[method](**values))
+        if len(parts) == 1:
+            return parts[0]
+        from .methods.composed import ComposedConfig
+
+        return ComposedConfig(corrections=parts)
 
     def check_debias_options(self) -> None:
         """Raise ``ValueError`` naming every option of another method than ``--debias`` that differs from its
         default (``--debias end --cav X``, ``--debias none --end_alpha 50``): it would be silently ignored."""
-        used = set(_method_flags(self.debias).values()) | set(_GENERAL_FIELDS)
+        used = set(debias_flags(self.debias)) | set(_GENERAL_FIELDS)
         unused = []
         for own in dataclasses.fields(DebiasTrainingArguments):
             if own.name not in _OWN_FIELDS or own.name in used:
@@ -123,12 +192,57 @@ class DebiasTrainingArguments(TrainingArguments):
                              f"{'it' if len(unused) == 1 else 'them'}, or select the method "
                              f"{'it belongs' if len(unused) == 1 else 'they belong'} to with --debias.")
 
+    @property
+    def uses_pseudo_labels(self) -> bool:
+        """``--bias_label_column auto``: the bias labels are computed by ``hf_debias.pseudo_bias_labels``."""
+        return self.bias_label_column == PSEUDO_LABEL_COLUMN
+
+    def pseudo_label_config(self):
+        """The ``PseudoLabelConfig`` of the ``pseudo_*`` options (``pseudo_seed`` defaults to ``seed``)."""
+        from .pseudo_labels import PseudoLabelConfig
+
+        return PseudoLabelConfig(loss=self.pseudo_loss, q=self.pseudo_q, epochs=self.pseudo_epochs,
+                                 batch_size=self.pseudo_batch_size, lr=self.pseudo_learning_rate,
+                                 n_clusters=self.pseudo_n_clusters, assignment=self.pseudo_assignment,
+                                 seed=self.seed if self.pseudo_seed is None else self.pseudo_seed)
+
+    def check_pseudo_label_options(self, config: DebiasConfig | None) -> None:
+        """``--bias_label_column auto`` needs EnD (the only method that reads bias labels); ``--pseudo_*`` options
+        without it would be silently ignored. Both are errors; the ``pseudo_*`` values are validated now."""
+        if not self.uses_pseudo_labels:
+            changed = [f"--{name} {getattr(self, name)!r}" for name in _PSEUDO_FIELDS
+                       if getattr(self, name) != _default_of(name)]
+            if changed:
+                raise ValueError(f"{'; '.join(changed)}: the --pseudo_* options apply to pseudo bias labels only, "
+                                 f"but --bias_label_column is {self.bias_label_column!r}. Pass "
+                                 "--bias_label_column auto, or remove them.")
+            return
+        methods = [] if config is None else [c.debias_method for c in getattr(config, "corrections", [config])]
+        if "end" not in methods:
+            raise ValueError(f"--bias_label_column auto computes pseudo bias labels for EnD, but --debias "
+                             f"{self.debias} ({', '.join(methods) or 'no correction'}) reads no bias labels. Use "
+                             "--debias end (or a composition with an EnD part), or remove --bias_label_column auto.")
+        try:
+            self.pseudo_label_config()  # every pseudo_* value checked now, not after the model is loaded
+        except ValueError as err:
+            raise ValueError(f"--pseudo_* options (pseudo_learning_rate is lr, pseudo_batch_size batch_size): "
+                             f"{err}") from None
+
 
 _OWN_FIELDS = {f.name for f in dataclasses.fields(DebiasTrainingArguments)} - {
     f.name for f in dataclasses.fields(TrainingArguments)}
+PSEUDO_LABEL_COLUMN = "auto"
+"""``--bias_label_column auto``: pseudo bias labels (``hf_debias.pseudo_labels``)."""
+_PSEUDO_FIELDS = ("pseudo_loss", "pseudo_q", "pseudo_epochs", "pseudo_learning_rate", "pseudo_batch_size",
+                  "pseudo_n_clusters", "pseudo_assignment", "pseudo_seed")
 _GENERAL_FIELDS = ("debias", "bias_label_column", "bias_description", "baseline_results", "card_dataset",
-                   "allow_debias_config_change")
+                   "allow_debias_config_change", *_PSEUDO_FIELDS)
 """Options that apply whatever ``--debias`` is; every other own field belongs to one or more methods."""
+
+
+def _default_of(name: str):
+    own = DebiasTrainingArguments.__dataclass_fields__[name]
+    return own.default if own.default is not dataclasses.MISSING else own.default_factory()
 
 
 def _method_flags(method: str) -> dict[str, str]:

@@ -355,6 +355,37 @@ def test_debias_trainer_trains_a_composed_model_and_logs_each_named_term(tmp_pat
 
 
 # ====================================================================== several artifacts in the data
+# ====================================================================== the CLI: --debias end,rrclarc --cav a,b
+def test_cli_composes_methods_and_one_part_per_cav_and_refuses_what_does_not_fit(tmp_path, capsys):
+    from hf_debias.cli import main
+
+    RULER.save_pretrained(tmp_path / "ruler")
+    TAG.save_pretrained(tmp_path / "tag")
+    out = tmp_path / "out"
+    assert main(["train", "--dataset", "colour-digits", "--colour_digits_train_size", "64", "--max_eval_samples",
+                 "32", "--max_steps", "2", "--per_device_train_batch_size", "16", "--use_cpu", "true",
+                 "--report_to", "none", "--disable_tqdm", "true", "--save_strategy", "no", "--logging_steps", "1",
+                 "--debias", "end,rrclarc", "--cav", f"{tmp_path / 'ruler'},{tmp_path / 'tag'}", "--freeze", "none",
+                 "--end_alpha", "2", "--end_normalize_forward", "never", "--rrclarc_lamb", "10",
+                 "--output_dir", str(out)]) == 0
+    data = json.loads((out / "debias_config.json").read_text())
+    assert [part["debias_method"] for part in data["corrections"]] == ["end", "rrclarc", "rrclarc"]
+    assert data["corrections"][0]["alpha"] == 2.0 and {part.get("lamb") for part in data["corrections"][1:]} == {10.0}
+    loaded = load_model(out)
+    for part, expected in zip(loaded.debias_config.corrections[1:], (RULER, TAG)):  # each CAV in its own part
+        assert torch.equal(part.load_cav().vector, expected.vector)
+    logs = json.loads((out / "trainer_state.json").read_text())["log_history"]
+    terms = {key for entry in logs for key in entry if "/" in key}
+    assert {"end/end_r_ortho", "rrclarc_ruler/rrclarc_penalty", "rrclarc_hospital_tag/rrclarc_penalty"} <= terms, terms
+    capsys.readouterr()
+    for bad, message in ((["--debias", "end,none"], "'none' cannot be combined"),
+                         (["--debias", "end,rrclarc,pclarc", "--cav", "a,b,c"], "names 3 CAVs"),
+                         (["--debias", "end,rrclarc", "--cav", str(tmp_path / "ruler"), "--rrr_lamb", "3"],
+                          "does not use --rrr_lamb")):
+        assert main(["train", "--output_dir", str(tmp_path / "bad"), *bad]) == 2
+        assert message in capsys.readouterr().err
+
+
 def test_several_artifacts_each_in_its_own_class_with_their_own_flags_and_masks():
     pairs = [(ArtifactSpec("patch"), 0), ("hidden_bits", 3)]
     splits = controlled_artifact_arrays(artifacts=pairs, n_train=400, n_validation=100, n_test=50, seed=1)

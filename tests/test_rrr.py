@@ -281,7 +281,7 @@ def test_cli_lists_rrr_and_its_options_and_refuses_them_with_another_method():
     from hf_debias.cli.train import build_parser
 
     text = build_parser().format_help()
-    assert "rrclarc,rrr}" in text and "--rrr_lamb" in text and "--rrr_mask_column" in text
+    assert "rrclarc, rrr;" in text and "--rrr_lamb" in text and "--rrr_mask_column" in text
     *_, args = build_parser().parse_args_into_dataclasses(
         ["--output_dir", "out", "--debias", "rrr", "--rrr_lamb", "10", "--rrr_mask_column", "artifact_mask",
          "--freeze", "none"])

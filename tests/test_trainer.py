@@ -124,21 +124,20 @@ def test_arguments_become_command_line_flags_and_a_config():
     assert "--end_alpha" in help_text and "disentangling" in help_text
 
 
-@pytest.mark.parametrize(("flags", "message"), [
-    (["--debias", "fancy"], "invalid choice: 'fancy'"),
-    (["--end_pairing", "half"], "invalid choice: 'half'"),
-])
-def test_unknown_choices_fail_at_parse_time(flags, message, capsys):
+def test_unknown_choices_fail_at_parse_time(capsys):
     parser = HfArgumentParser(DebiasTrainingArguments)
     with pytest.raises(SystemExit):
-        parser.parse_args_into_dataclasses(["--output_dir", "out", "--use_cpu", "true", *flags])
-    assert message in capsys.readouterr().err
+        parser.parse_args_into_dataclasses(["--output_dir", "out", "--use_cpu", "true", "--end_pairing", "half"])
+    assert "invalid choice: 'half'" in capsys.readouterr().err
+    # --debias takes a list (end,rrclarc), so argparse cannot check it: the arguments do, naming the choices
+    with pytest.raises(ValueError, match=r"'fancy' is not a method; choose one of none, aclarc, end, pclarc"):
+        parser.parse_args_into_dataclasses(["--output_dir", "out", "--use_cpu", "true", "--debias", "end,fancy"])
 
 
 def test_invalid_values_fail_when_the_arguments_are_built(tmp_path):
     with pytest.raises(ValueError, match="end_alpha|alpha must be a finite number >= 0"):
         arguments(tmp_path, end_alpha=-1.0)
-    with pytest.raises(ValueError, match="debias='fancy' is not valid"):
+    with pytest.raises(ValueError, match="debias='fancy': 'fancy' is not a method"):
         arguments(tmp_path, debias="fancy")
 
 

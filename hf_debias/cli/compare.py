@@ -90,7 +90,7 @@ def run_compare(model_args, data_args, training_args, vanilla_run: str | None = 
     """Train (or reuse) the vanilla run, train the corrected one against it, write and return the comparison.
 
     ``training_args`` is not changed: each run gets its own copy."""
-    from .train import run_training, summarise
+    from .train import run_training
 
     if training_args.debias == "none":
         from ..training_args import DEBIAS_CHOICES
@@ -117,14 +117,12 @@ def run_compare(model_args, data_args, training_args, vanilla_run: str | None = 
         trainer, metrics, data = run_training(model_args, data_args, vanilla_arguments(training_args, vanilla_dir))
         if trainer.is_world_process_zero():
             write_run_arguments(vanilla_dir, model_args, data_args, training_args.bias_label_column)
-            summarise(trainer, metrics, data, model_args, data_args)
     corrected_args = dataclasses.replace(training_args, output_dir=str(corrected_dir),
                                          baseline_results=str(vanilla_dir / "eval_results.json"))
     trainer, metrics, data = run_training(model_args, data_args, corrected_args)
     comparison: dict[str, Any] = {}
     if trainer.is_world_process_zero():
         write_run_arguments(corrected_dir, model_args, data_args, training_args.bias_label_column)
-        summarise(trainer, metrics, data, model_args, data_args)
         comparison = compare_runs(vanilla_dir, corrected_dir, list(data.evaluation), class_names=data.class_names,
                                   bias_names=data.bias_names, eval_samples={
                                       name: len(split) for name, split in data.evaluation.items()})
@@ -143,7 +141,10 @@ def _recorded_path(value: object) -> object:
 def run_record(model_args, data_args, bias_label_column: str) -> dict[str, dict[str, Any]]:
     """``run_arguments.json``'s content: the model and data arguments (paths made absolute) and the source bias
     column (``training_args.json`` holds the renamed ``bias_labels``)."""
-    data = {name: _recorded_path(value) for name, value in dataclasses.asdict(data_args).items()}
+    from ._heatmaps import REPORT_ONLY_FIELDS
+
+    data = {name: _recorded_path(value) for name, value in dataclasses.asdict(data_args).items()
+            if name not in REPORT_ONLY_FIELDS}  # the heatmaps change the report, not the model
     return {"model_arguments": dataclasses.asdict(model_args),
             "data_arguments": {**data, "bias_label_column": bias_label_column}}
 
@@ -212,7 +213,10 @@ def check_vanilla_run(folder: str | Path, model_args, data_args, training_args) 
                     differences.append(f"--{name}: vanilla run {saved[name]!r}, this run {value!r}")
     elif report is not None:
         differences += _report_differences(report, model_args, data_args, training_args)
-        checked = {"model_name_or_path", "dataset", "max_train_samples", "max_eval_samples", "eval_split"}
+        from ._heatmaps import REPORT_ONLY_FIELDS
+
+        checked = {"model_name_or_path", "dataset", "max_train_samples", "max_eval_samples", "eval_split",
+                   *REPORT_ONLY_FIELDS}
         unchecked += [f"--{f.name}" for section in (model_args, data_args) for f in dataclasses.fields(section)
                       if f.name not in checked]
     else:

@@ -85,6 +85,16 @@ class DataArguments:
                 "default: the model's own input size"})
     rho: float = field(default=0.99, metadata={"help": "colour-digits: bias strength of the training split"})
     colour_digits_train_size: int = field(default=60_000, metadata={"help": "colour-digits: training images"})
+    heatmap_mask_column: str | None = field(default=None, metadata={
+        "help": "eval column of artifact masks (image-sized, non-zero on the artifact): the report adds the "
+                "artifact relevance R_bias of the model before and after training on the eval images with a "
+                "non-empty mask, and heatmaps.png (also in the model card); default: --rrr_mask_column with "
+                "--debias rrr, artifact_mask for controlled-artifact, else none; 'none' turns it off"})
+    heatmap_images: str | None = field(default=None, metadata={
+        "help": "folder of concept images (e.g. those of the CAV): heatmaps.png shows where the model looks on "
+                "them before and after training (no masks, so no R_bias)"})
+    heatmap_samples: int = field(default=64, metadata={
+        "help": "images R_bias is measured on (the first 6 are drawn)"})
 
 
 @dataclass
@@ -101,13 +111,15 @@ class TrainingData:
 
 
 def load_data(data_args: DataArguments, bias_label_column: str | None = None, *, seed: int = 42,
-              mask_column: str | None = None) -> TrainingData:
+              mask_column: str | None = None, eval_mask_column: str | None = None) -> TrainingData:
     """The ``train`` split and the eval splits, with the columns ``image``, ``labels`` and, when there is a bias,
     ``bias_labels`` (read from the source column ``bias_label_column``; ``None`` or ``"bias_labels"``: the
-    source's ``bias_labels`` if it has one) and ``mask_column`` (RRR's per-image masks) where a split has it.
+    source's ``bias_labels`` if it has one) and ``mask_column`` (RRR's per-image masks) where a split has it;
+    ``eval_mask_column`` (the report's artifact masks) is kept in the eval splits that have it.
     ``--max_train_samples`` / ``--max_eval_samples`` take a random subset
     drawn with ``seed``."""
-    source_bias = None if bias_label_column in (None, BIAS_COLUMN) else bias_label_column
+    # "auto": pseudo bias labels, computed by DebiasTrainer (there is no source column to read)
+    source_bias = None if bias_label_column in (None, BIAS_COLUMN, "auto") else bias_label_column
     if data_args.dataset in BUILT_IN_EVAL:
         splits = _built_in(data_args, source_bias)
     else:
@@ -130,10 +142,12 @@ def load_data(data_args: DataArguments, bias_label_column: str | None = None, *,
         if mask_column not in splits["train"].column_names:
             raise ValueError(f"--rrr_mask_column {mask_column!r}: the training split of {data_args.dataset!r} has no "
                              f"such column; its columns are {splits['train'].column_names}.")
-        splits = type(splits)({name: split.select_columns(
-            keep + [mask_column] if mask_column in split.column_names else keep) for name, split in splits.items()})
-    else:
-        splits = splits.select_columns(keep)
+
+    def columns(name: str, split) -> list[str]:
+        wanted = [mask_column] + ([eval_mask_column] if name in eval_names else [])
+        return keep + [c for c in dict.fromkeys(wanted) if c is not None and c in split.column_names]
+
+    splits = type(splits)({name: split.select_columns(columns(name, split)) for name, split in splits.items()})
     labels = splits["train"].features["labels"]
     if hasattr(labels, "num_classes"):  # a ClassLabel: the classes of the whole dataset, not of one split
         num_classes, class_names = labels.num_classes, list(labels.names)
@@ -244,13 +258,21 @@ def _resize_processor(processor, size: int) -> None:
 
 def run_training(model_args: ModelArguments, data_args: DataArguments, training_args: DebiasTrainingArguments,
                  ) -> tuple[DebiasTrainer, dict[str, float], TrainingData]:
-    """Fine-tune on the train split, evaluate, save; returns the trainer, the final eval metrics and the data."""
+    """Fine-tune on the train split, evaluate, report (``summarise``; heatmaps when the run has masks or concept
+    images), save; returns the trainer, the final eval metrics and the data."""
     from ..trainer import DebiasTrainer
 
+    from ._heatmaps import check_heatmap_arguments, heatmap_mask_column, prepare_heatmaps
+
+    check_heatmap_arguments(data_args)
     mask_column = mask_column_of(training_args)
-    data = load_data(data_args, training_args.bias_label_column, seed=training_args.seed, mask_column=mask_column)
+    data = load_data(data_args, training_args.bias_label_column, seed=training_args.seed, mask_column=mask_column,
+                     eval_mask_column=heatmap_mask_column(data_args, training_args))
     model, processor, train_transform, eval_transform = build_model_and_transforms(model_args, data_args, data)
-    training_args.bias_label_column = BIAS_COLUMN  # --bias_label_column named the source column; this is ours
+    heatmaps = prepare_heatmaps(data_args, training_args, data, model, eval_transform) \
+        if training_args.process_index == 0 else None
+    if not training_args.uses_pseudo_labels:  # "auto" stays: DebiasTrainer computes the labels
+        training_args.bias_label_column = BIAS_COLUMN  # --bias_label_column named the source column; this is ours
     training_args.remove_unused_columns = False  # the transform produces exactly the columns the model needs
     to_train, to_eval, collate = batch_functions(train_transform, eval_transform, mask_column)
 
@@ -270,13 +292,28 @@ def run_training(model_args: ModelArguments, data_args: DataArguments, training_
     metrics = trainer.evaluate() if evaluation else {}
     if metrics:
         trainer.save_metrics("eval", metrics)
-    trainer.save_model()  # after evaluating, so the card has the metrics; with --push_to_hub also one commit
+    if trainer.is_world_process_zero():
+        relevance = None
+        if heatmaps is not None:
+            from ..loading import unwrap_model
+            from ._heatmaps import finish_heatmaps
+
+            relevance = finish_heatmaps(heatmaps, unwrap_model(trainer.model, through_debias=False),
+                                        training_args.output_dir, training_args.debias)
+        chart = summarise(trainer, metrics, data, model_args, data_args, relevance=relevance)
+        trainer.card_extras = {"report_chart": chart} if chart is not None else {}
+        if relevance is not None:
+            trainer.card_extras.update(heatmaps=relevance["heatmaps"], artifact_relevance=relevance[
+                "artifact_relevance"], artifact_relevance_note=relevance["note"])
+    trainer.save_model()  # after the report, so the card has the metrics and charts; with --push_to_hub one commit
     return trainer, metrics, data
 
 
 def mask_column_of(training_args) -> str | None:
     """The dataset column of per-image masks the run's method reads (``--rrr_mask_column`` for RRR), else None."""
-    return training_args.rrr_mask_column if training_args.debias == "rrr" else None
+    from ..training_args import debias_methods
+
+    return training_args.rrr_mask_column if "rrr" in debias_methods(training_args.debias) else None
 
 
 _KEEP = ("labels", BIAS_COLUMN)
@@ -371,9 +408,11 @@ def split_metrics(metrics: dict[str, float], split_names: Sequence[str]) -> dict
 
 
 def summarise(trainer: DebiasTrainer, metrics: dict[str, float], data: TrainingData,
-              model_args: ModelArguments, data_args: DataArguments) -> str:
-    """Print the results (one summary line and one group table per eval split) and write ``report.json`` /
-    ``report.png`` into the output folder; returns the text printed."""
+              model_args: ModelArguments, data_args: DataArguments, *,
+              relevance: dict | None = None) -> Path | None:
+    """Print the results (one summary line and one group table per eval split, R_bias before / after when
+    ``relevance`` holds the heatmaps' results) and write ``report.json`` / ``report.png`` into the output folder;
+    returns the PNG's path (None without eval splits)."""
     from ..metrics.group import groups_from_metrics
     from ..report import GROUP_METRICS, format_group_table, format_table, write_report
 
@@ -384,9 +423,8 @@ def summarise(trainer: DebiasTrainer, metrics: dict[str, float], data: TrainingD
     lines = [f"\n{run} on {data_args.dataset}: trained on {len(data.train)} images of the train split"]
     if not names:
         lines.append("No evaluation split, so no results to report (pass --eval_split).")
-        text = "\n".join(lines)
-        print(text)
-        return text
+        print("\n".join(lines))
+        return None
     lines += ["", format_table(per_split, GROUP_METRICS, name_header="split")]
     groups = {}
     for name in names:
@@ -414,11 +452,16 @@ def summarise(trainer: DebiasTrainer, metrics: dict[str, float], data: TrainingD
         "train_samples": len(data.train), "eval_samples": {name: len(data.evaluation[name]) for name in names},
         "class_names": data.class_names, "bias_column": data.bias_source, "bias_names": data.bias_names,
         "groups": groups,
-        "baseline_results": args.baseline_results})
-    lines.append(f"\nReport: {json_path} and {png_path}")
-    text = "\n".join(lines)
-    print(text)
-    return text
+        "baseline_results": args.baseline_results,
+        **({"heatmaps": relevance["details"]} if relevance else {})})
+    if relevance and relevance["artifact_relevance"]:
+        lines.append("\nArtifact relevance R_bias (share of the attribution inside the artifact mask; lower: the "
+                     f"model looks less at it), {relevance['note']}:")
+        lines += [f"  {name}: {value:.3f}" for name, value in relevance["artifact_relevance"].items()]
+    lines.append(f"\nReport: {json_path} and {png_path}" + (
+        f"; heatmaps: {relevance['heatmaps']}" if relevance else ""))
+    print("\n".join(lines))
+    return png_path
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -483,7 +526,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     model_args, data_args, training_args = build_parser().parse_args_into_dataclasses(
         args=list(argv) if argv is not None else sys.argv[1:])
     with info_logging():
-        trainer, metrics, data = run_training(model_args, data_args, training_args)
-        if trainer.is_world_process_zero():
-            summarise(trainer, metrics, data, model_args, data_args)
+        run_training(model_args, data_args, training_args)  # prints the results and writes the report
     return 0

@@ -28,6 +28,7 @@ from pathlib import Path
 
 OWNED = ("config.json", "model.safetensors", "hf_debias_model.safetensors", "model-*-of-*.safetensors",
          "model.safetensors.index.json", "debias_config.json", "preprocessor_config.json", "README.md", "report.png",
+         "heatmaps.png",
          "cav/cav.safetensors", "cav/cav_config.json", "cav_[0-9]*/cav.safetensors",
          "cav_[0-9]*/cav_config.json")
 """What an hf_debias model save writes (relative POSIX paths, ``fnmatch`` patterns; ``preprocessor_config.json``

@@ -30,6 +30,8 @@ if TYPE_CHECKING:
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "model_cards"
 CHART_NAME = "report.png"
+HEATMAPS_NAME = "heatmaps.png"
+"""The card's heatmap grid (``ModelCardInfo.heatmaps``): where the model looks before and after the correction."""
 _BOOKKEEPING = {"base_model_name_or_path", "revision", "hf_debias_version", "cav"}
 IMAGE_FILE = "image.jpg"
 """The image the card's snippets classify (the user's own file under that name)."""
@@ -66,6 +68,10 @@ class ModelCardInfo:
         baseline_metrics: the same for the uncorrected model (``baseline_name`` says which), for before vs after.
         baseline_name: what "before" is.
         report_chart: a PNG (e.g. the ``report.png`` of ``hf-debias demo``) copied into the repo and shown.
+        heatmaps: a PNG of attribution heatmaps before and after correction (``compare_artifact_relevance``'s
+            grid), copied into the repo as ``heatmaps.png`` and shown.
+        artifact_relevance: ``{model: R_bias}`` of the heatmaps' models (e.g. ``{"before": 0.31, "after": 0.04}``),
+            with ``artifact_relevance_note`` saying on which images; shown with the heatmaps.
         limitations: one more sentence for the limitations section.
         license: the card's license id.
         class_names / bias_names: names of the class ids and bias ids, for the per-group table (default: the class
@@ -78,6 +84,9 @@ class ModelCardInfo:
     baseline_metrics: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
     baseline_name: str = "vanilla fine-tuning"
     report_chart: str | os.PathLike | None = None
+    heatmaps: str | os.PathLike | None = None
+    artifact_relevance: Mapping[str, float] = field(default_factory=dict)
+    artifact_relevance_note: str | None = None
     limitations: str | None = None
     license: str | None = None
     class_names: Sequence[str] | None = None
@@ -93,8 +102,14 @@ class ModelCardInfo:
             if value is not None and (isinstance(value, str) or not isinstance(value, Sequence)
                                       or not all(isinstance(v, str) for v in value)):
                 raise ValueError(f"{name} must be a list of names (strings), one per id, got {value!r}.")
-        if self.report_chart is not None and not Path(self.report_chart).is_file():
-            raise ValueError(f"report_chart {str(self.report_chart)!r} is not a file.")
+        for name in ("report_chart", "heatmaps"):
+            value = getattr(self, name)
+            if value is not None and not Path(value).is_file():
+                raise ValueError(f"{name} {str(value)!r} is not a file.")
+        if not isinstance(self.artifact_relevance, Mapping) or not all(
+                isinstance(k, str) and _is_number(v) for k, v in self.artifact_relevance.items()):
+            raise ValueError(f"artifact_relevance must map a model name to its R_bias (a number), got "
+                             f"{self.artifact_relevance!r}.")
 
 
 def _versions() -> list[tuple[str, str]]:
@@ -316,6 +331,9 @@ def debias_model_card(config: DebiasConfig, *, repo_id: str, library: str, plain
         has_baseline=bool(info.baseline_metrics), baseline_name=info.baseline_name,
         tcav_notes=[text for key, text in TCAV_NOTES.items() if key in shown_tcav],
         shortcut_checks=_shortcut_checks(info), chart=CHART_NAME if info.report_chart else None,
+        heatmaps=HEATMAPS_NAME if info.heatmaps else None,
+        artifact_relevance=[(name, f"{value:.3f}") for name, value in info.artifact_relevance.items()],
+        artifact_relevance_note=info.artifact_relevance_note,
         plain_loading=plain_loading, library=library, layout=layout, processor_source=processor_source,
         has_processor=contents.get("has_processor"), image_file=IMAGE_FILE, limitations=info.limitations,
         cav=cav_summary, hf_debias_version=__version__, versions=_versions())
@@ -352,9 +370,11 @@ def _parts(config: DebiasConfig, shown: DebiasConfig) -> list[dict[str, Any]]:
 
 
 def copy_chart(info: ModelCardInfo | None, folder: Path) -> None:
-    """Put the card's chart next to it."""
-    if info is not None and info.report_chart is not None:
-        shutil.copyfile(info.report_chart, folder / CHART_NAME)
+    """Put the card's chart and heatmap grid next to it."""
+    for source, name in ((getattr(info, "report_chart", None), CHART_NAME), (getattr(info, "heatmaps", None),
+                                                                             HEATMAPS_NAME)):
+        if source is not None and Path(source).resolve() != (folder / name).resolve():
+            shutil.copyfile(source, folder / name)
 
 
 def cav_card(cavs: Mapping[str, CAV], *, repo_id: str) -> ModelCard:

@@ -17,9 +17,9 @@ from ..config import CONFIG_NAME as DEBIAS_CONFIG_NAME
 from ..config import FILES_KEY, read_json_object
 from .paths import check_subfolder, inside
 
-UNRECORDED = ("README.md", "report.png", "preprocessor_config.json", DEBIAS_CONFIG_NAME)
-"""Files a record leaves out: the card (users edit it on the Hub), the image processor (Trainer rewrites it after
-each checkpoint) and the record itself."""
+UNRECORDED = ("README.md", "report.png", "heatmaps.png", "preprocessor_config.json", DEBIAS_CONFIG_NAME)
+"""Files a record leaves out: the card and its images (users edit them on the Hub), the image processor (Trainer
+rewrites it after each checkpoint) and the record itself."""
 
 
 def sha256(path: Path) -> str:

@@ -7,7 +7,7 @@ A saved corrected model is a folder (or Hub repo) holding:
 - ``debias_config.json``: method, layer, hyper-parameters, base model id and revision, hf_debias version;
 - ``cav/`` for CAV-based methods (``cav.safetensors`` + ``cav_config.json``); a composed correction keeps each
   CAV part's in ``cav_<index>/`` and lists every part in its one ``debias_config.json``;
-- ``README.md``: the model card, plus ``report.png`` when a chart is given.
+- ``README.md``: the model card, plus ``report.png`` / ``heatmaps.png`` when a chart / heatmap grid is given.
 
 ``load_model`` restores every kind, the forward-changing ones included, with the same logits as before saving.
 """
@@ -94,6 +94,7 @@ def save_model(model: nn.Module, save_directory: str | os.PathLike, *, card: Mod
             write_native(model, staging)
             if image_processor is not None:
                 image_processor.save_pretrained(staging)
+            copy_chart(card, staging)  # a run's report.png / heatmaps.png stay beside the plain model too
             install(staging, folder, owned=OWNED, barrier=barrier(staging), last=[MODEL_CONFIG_NAME])
         return folder
     if model.method is None:
