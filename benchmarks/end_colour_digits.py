@@ -128,8 +128,9 @@ def train_and_score(data, seed: int, args, end: EnDConfig | None, splits: tuple[
         result = pseudo_bias_labels(model, images, labels, pseudo_config(args, seed), bias_labels=bias_labels,
                                     progress=args.progress)
         pseudo_record = {"ari": result.ari, "aux_train_seconds": result.train_seconds,
-                         "assignment_ari": all_assignments(result, images, labels.numpy(), bias_labels.numpy()),
                          "n_clusters": int(result.centres.shape[0])}
+        if args.pseudo_compare_assignments:  # k-means per class on 60,000 images: minutes on 2 cores
+            pseudo_record["assignment_ari"] = all_assignments(result, images, labels.numpy(), bias_labels.numpy())
         bias_labels = result.tensor
     if end is not None:
         model = get_debias_model(model, end)
@@ -231,7 +232,7 @@ def run(args) -> dict:
                       + (f" train_eval_agreement={scores['train_eval_agreement']:.4f}"
                          if "train_eval_agreement" in scores else "")
                       + (f" ari={scores['pseudo']['ari']:.4f} aux={scores['pseudo']['aux_train_seconds']:.0f} s "
-                         f"assignments={scores['pseudo']['assignment_ari']}" if "pseudo" in scores else ""),
+                         f"assignments={scores['pseudo'].get('assignment_ari')}" if "pseudo" in scores else ""),
                       flush=True)
                 summarise(entry)
                 if args.save_partial:  # a long run leaves usable results behind at every step
@@ -329,9 +330,21 @@ def merge(paths: list[Path]) -> dict:
                 if key not in entry:  # result files written before per-run rows were kept
                     continue
                 clash = set(into[key]) & set(entry[key])
+                if key == "selection":  # the same fixed / selected pair in several files (seeds split up)
+                    clash = {name for name in clash if into[key][name] != entry[key][name]}
+                elif key == "runs" and clash:  # other seeds of the same method: appended when disjoint
+                    clash = {name for name in clash if {row["seed"] for row in into[key][name]}
+                             & {row["seed"] for row in entry[key][name]}}
+                    if not clash:
+                        for name, rows in entry[key].items():
+                            into[key][name] = sorted(into[key].get(name, []) + rows, key=lambda row: row["seed"])
+                        summarise(into)
+                        continue
+                elif key == "report" and "runs" in entry:  # recomputed from the runs
+                    clash = set()
                 if clash:
                     raise SystemExit(f"{path}: rho={rho} {key} {sorted(clash)} is already in another file.")
-                into[key].update(entry[key])
+                into[key].update({name: value for name, value in entry[key].items() if name not in into[key]})
     merged["rhos"] = dict(sorted(merged["rhos"].items(), key=lambda item: float(item[0])))
     return merged
 
@@ -353,7 +366,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--image-size", type=int, default=16, help="image side in pixels")
     parser.add_argument("--methods", nargs="+", choices=METHODS,
                         help="what to train: vanilla and EnD with normalize_forward never (end_nf_false) / always "
-                             "(end_nf_true) / train (end_nf_train), EnD on pseudo bias labels (end_pseudo); default: all "
+                             "(end_nf_true) / train (end_nf_train), EnD on pseudo bias labels (end_pseudo); default: "
+                             "all "
                              "but end_pseudo")
     parser.add_argument("--forms", help="comma-separated EnD forms to train instead of --methods' EnD entries "
                                         "(train,always,never); vanilla only if --methods names it")
@@ -370,6 +384,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--pseudo-clusters", type=int, help="number of bias ids (default: number of classes)")
     parser.add_argument("--pseudo-assignment", default="global", choices=["global", "prediction", "aligned"],
                         help="how features become bias ids comparable across classes (hf_debias.pseudo_labels)")
+    parser.add_argument("--pseudo-compare-assignments", action="store_true",
+                        help="also record the ARI of every assignment on each auxiliary model (slow: per-class "
+                             "k-means)")
     parser.add_argument("--save-partial", action="store_true",
                         help="rewrite --output after every report run (long runs)")
     parser.add_argument("--progress", action="store_true", help="show a progress bar per run")

@@ -96,7 +96,8 @@ def test_save_and_load_round_trip_and_refuse_damage(tmp_path, result):
     assert sorted(p.name for p in folder.iterdir()) == ["auxiliary_model.safetensors", "pseudo_labels.json",
                                                        "pseudo_labels.safetensors"]
     record = json.loads((folder / "pseudo_labels.json").read_text())
-    assert record["seed"] == 0 and record["config"]["loss"] == "gce" and len(record["files"]["pseudo_labels.safetensors"]) == 64
+    assert record["seed"] == 0 and record["config"]["loss"] == "gce"
+    assert len(record["files"]["pseudo_labels.safetensors"]) == 64  # its sha256
     model = timm.create_model("simple_convnet", num_classes=10)
     loaded = PseudoLabels.from_pretrained(folder, model=model)
     np.testing.assert_array_equal(loaded.labels, result.labels)
@@ -140,8 +141,8 @@ def test_benchmark_quick_mode_reports_the_pseudo_label_row(tmp_path):
     from test_cli_and_demo import load_benchmark
 
     benchmark = load_benchmark("end_colour_digits")
-    results = benchmark.main(["--quick", "--threads", "1", "--fixed", "10,1", "--methods", "vanilla", "end_nf_train",
-                              "end_pseudo", "--output", str(tmp_path / "p.json")])
+    common = ["--quick", "--threads", "1", "--fixed", "10,1", "--methods", "vanilla", "end_nf_train", "end_pseudo"]
+    results = benchmark.main([*common, "--pseudo-compare-assignments", "--output", str(tmp_path / "p.json")])
     entry = results["rhos"]["0.99"]
     assert set(entry["report"]) == {"vanilla", "end_nf_train", "end_pseudo"}
     assert entry["selection"]["normalize_forward=train"] == {"fixed": True, "chosen": {"alpha": 10.0, "beta": 1.0}}
@@ -151,6 +152,18 @@ def test_benchmark_quick_mode_reports_the_pseudo_label_row(tmp_path):
     assert row["assignment_ari"]["global"] == pytest.approx(row["ari"])  # the default assignment
     table = (tmp_path / "p.md").read_text()
     assert "EnD, pseudo bias labels" in table and "ARI" in table and "fixed (no validation selection)" in table
+    # Seeds split over processes merge into one entry per method (seed 0 here, seed 1 in the other file).
+    other = json.loads((tmp_path / "p.json").read_text())
+    for rows in other["rhos"]["0.99"]["runs"].values():
+        rows[0]["seed"] = 1
+    (tmp_path / "s1.json").write_text(json.dumps(other))
+    merged = benchmark.main(["--merge", str(tmp_path / "p.json"), str(tmp_path / "s1.json"),
+                             "--output", str(tmp_path / "m.json")])["rhos"]["0.99"]
+    assert [row["seed"] for row in merged["runs"]["end_pseudo"]] == [0, 1]
+    assert merged["report"]["vanilla"]["seeds"] == [0, 1] and len(merged["report"]["end_pseudo"]["ari"]["values"]) == 2
+    with pytest.raises(SystemExit, match="already in another file"):
+        benchmark.main(["--merge", str(tmp_path / "p.json"), str(tmp_path / "p.json"),
+                        "--output", str(tmp_path / "x.json")])
 
 
 # ---------------------------------------------------------------- Trainer and CLI (--bias_label_column auto)
