@@ -420,12 +420,27 @@ class DebiasTrainer(Trainer):
         if not self._load_native_checkpoint(self.state.best_model_checkpoint):
             super()._load_best_model()
 
+    eval_split_name: str = "eval"
+    """What the card calls a single eval dataset (one not given as a dict of named splits); ``hf-debias train``
+    sets the split's name."""
+
     def latest_eval_metrics(self) -> dict[str, dict[str, float]]:
-        """The last evaluation's metrics as ``{split: {metric: value}}`` (``eval`` for a single eval set)."""
+        """The last evaluation's metrics as ``{split: {metric: value}}`` (``eval_split_name`` for a single eval
+        set), with each group's size and alignment flag (``group_*_count`` / ``_aligned``) for the card's table."""
         latest: dict[str, float] = {}
         for entry in self.state.log_history:
             latest.update(entry)
-        return metrics_by_split(latest, self._eval_split_names())
+        metrics = metrics_by_split(latest, self._eval_split_names(), group_structure=True)
+        if "eval" in metrics and self.eval_split_name != "eval" and not self._eval_split_names():
+            metrics[self.eval_split_name] = metrics.pop("eval")
+        return metrics
+
+    def _baseline_metrics(self) -> dict[str, dict[str, float]]:
+        """``--baseline_results`` by split, its single split named as this run's (``eval_split_name``)."""
+        baseline = _read_baseline(getattr(self.args, "baseline_results", None), self._eval_split_names())
+        if "eval" in baseline and self.eval_split_name != "eval" and self.eval_split_name not in baseline:
+            baseline[self.eval_split_name] = baseline.pop("eval")
+        return baseline
 
     def _eval_split_names(self) -> list[str]:
         return list(self.eval_dataset) if isinstance(self.eval_dataset, dict) else []
@@ -440,8 +455,7 @@ class DebiasTrainer(Trainer):
         args = self.args
         return ModelCardInfo(bias=getattr(args, "bias_description", None),
                              dataset=getattr(args, "card_dataset", None), metrics=self.latest_eval_metrics(),
-                             baseline_metrics=_read_baseline(getattr(args, "baseline_results", None),
-                                                             self._eval_split_names()),
+                             baseline_metrics=self._baseline_metrics(),
                              **getattr(self, "card_extras", {}))
 
     def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
@@ -536,19 +550,26 @@ def _read_baseline(path: str | None, split_names: list[str]) -> dict[str, dict[s
     return metrics_by_split(data, split_names)
 
 
-def metrics_by_split(flat: dict, split_names: list[str]) -> dict[str, dict[str, float]]:
+def metrics_by_split(flat: dict, split_names: list[str], *, group_structure: bool = False,
+                     ) -> dict[str, dict[str, float]]:
     """Trainer's flat ``eval_<split>_<metric>`` (or ``eval_<metric>``) numbers as ``{split: {metric: value}}``.
     Group ids, sizes and alignment flags (``group_*_count``, ``worst_group_label``...) are not metrics and are
-    left out; the per-group accuracies stay."""
+    left out, unless ``group_structure`` keeps each group's ``_count`` and ``_aligned`` (for a per-group table);
+    the per-group accuracies stay."""
     metrics: dict[str, dict[str, float]] = {}
     for key, value in flat.items():
-        if not key.startswith("eval_") or not isinstance(value, (int, float)) or isinstance(value, bool):
+        if not key.startswith("eval_") or not isinstance(value, (int, float)):
             continue
         rest = key[len("eval_"):]
         split = next((name for name in split_names if rest.startswith(name + "_")), "eval")
         metric = rest[len(split) + 1:] if split != "eval" else rest
-        if metric not in _NOT_METRICS and not is_group_structure_key(metric):
-            metrics.setdefault(split, {})[metric] = float(value)
+        if metric in _NOT_METRICS:
+            continue
+        if is_group_structure_key(metric) or isinstance(value, bool):
+            if group_structure and metric.startswith("group_") and metric.endswith(("_count", "_aligned")):
+                metrics.setdefault(split, {})[metric] = value if isinstance(value, bool) else int(value)
+            continue
+        metrics.setdefault(split, {})[metric] = float(value)
     return metrics
 
 

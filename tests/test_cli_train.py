@@ -290,3 +290,22 @@ def test_eval_split_accepts_the_source_name_of_a_renamed_split(tmp_path):
                  *FAST]) == 0
     report = json.loads((out / "report.json").read_text())
     assert set(report["results"]) == {"validation", "test"} and report["eval_samples"] == {"validation": 3, "test": 3}
+
+
+def test_the_card_names_the_single_eval_split_sizes_each_group_names_the_bias_and_embeds_the_chart(tmp_path):
+    run = ["train", "--dataset", "colour-digits", "--colour_digits_train_size", "128", "--max_eval_samples", "40",
+           "--max_steps", "2", *FAST]
+    assert main([*run, "--debias", "none", "--output_dir", str(tmp_path / "vanilla")]) == 0
+    assert main([*run, "--debias", "end", "--baseline_results", str(tmp_path / "vanilla"),
+                 "--output_dir", str(tmp_path / "end")]) == 0
+    card = (tmp_path / "end" / "README.md").read_text()
+    report = json.loads((tmp_path / "end" / "report.json").read_text())
+    assert "| eval |" not in card and "| test_unbiased | accuracy |" in card
+    rows = [line.split(" | ") for line in card.splitlines() if line.startswith("| test_unbiased | ") and
+            line.split(" | ")[4:5] in (["aligned"], ["conflicting"])]
+    groups = report["groups"]["test_unbiased"]
+    assert len(rows) == len(groups) and sum(int(row[3]) for row in rows) == 40  # every group sized, 40 images
+    colours = report["bias_names"]
+    assert all(row[2].split(" (")[0] in colours for row in rows)  # bias ids named (red, green...)
+    assert all(row[5] != "-" and row[6].rstrip(" |") != "-" for row in rows)  # before and after both filled in
+    assert "![before vs after](report.png)" in card and (tmp_path / "end" / "report.png").is_file()

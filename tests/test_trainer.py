@@ -714,7 +714,13 @@ class TestNoSilentResults:
         assert worst_group == (worst["label"], worst["bias"], worst["count"])
         card_metrics = trainer.model_card_info().metrics["eval"]
         assert "group_0_0_accuracy" in card_metrics or "group_0_1_accuracy" in card_metrics
-        assert not any(key.endswith(("_count", "_aligned", "_label", "_bias")) for key in card_metrics)
+        # each group's size and flag come along for the card's per-group table; the worst group's ids do not
+        assert not any(key.startswith("worst_group_") and key.endswith(("_label", "_bias", "_count"))
+                       for key in card_metrics)
+        assert {key: value for key, value in card_metrics.items() if key.endswith("_count")} == {
+            f"group_{label}_{bias}_count": count for (label, bias), count in
+            {(row["label"], row["bias"]): row["count"] for row in rows}.items()}
+        assert all(isinstance(value, bool) for key, value in card_metrics.items() if key.endswith("_aligned"))
 
     def test_a_small_penalty_is_logged_at_full_precision(self, tmp_path):
         trainer = DebiasTrainer(model=models()["timm"], args=arguments(tmp_path), train_dataset=tiny_dataset())

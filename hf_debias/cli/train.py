@@ -282,6 +282,8 @@ def run_training(model_args: ModelArguments, data_args: DataArguments, training_
     eval_dataset = (next(iter(evaluation.values())) if len(evaluation) == 1 else evaluation) or None
     trainer = DebiasTrainer(model=model, args=training_args, train_dataset=data.train, eval_dataset=eval_dataset,
                             data_collator=collate, processing_class=processor)
+    if len(evaluation) == 1:
+        trainer.eval_split_name = next(iter(evaluation))  # the card names the split, not "eval"
     # After DebiasTrainer has read the label columns (no image is decoded for that), before any batch is built.
     data.train.set_transform(to_train)
     for split in evaluation.values():
@@ -302,6 +304,8 @@ def run_training(model_args: ModelArguments, data_args: DataArguments, training_
                                         training_args.output_dir, training_args.debias)
         chart = summarise(trainer, metrics, data, model_args, data_args, relevance=relevance)
         trainer.card_extras = {"report_chart": chart} if chart is not None else {}
+        if data.bias_names is not None:
+            trainer.card_extras["bias_names"] = data.bias_names
         if relevance is not None:
             trainer.card_extras.update(heatmaps=relevance["heatmaps"], artifact_relevance=relevance[
                 "artifact_relevance"], artifact_relevance_note=relevance["note"])
@@ -438,8 +442,6 @@ def summarise(trainer: DebiasTrainer, metrics: dict[str, float], data: TrainingD
                   format_group_table(groups[name], class_names=data.class_names, bias_names=data.bias_names,
                                      worst=worst if None not in worst else None, bias_header=data.bias_source)]
     baseline = trainer.model_card_info().baseline_metrics or {}
-    if len(names) == 1 and "eval" in baseline and names[0] not in baseline:
-        baseline = {names[0]: baseline["eval"]}
     after, before = f"after: {args.debias}", "before: baseline"
     panels = {name: ({before: baseline[name]} if name in baseline else {}) | {after: per_split[name]}
               for name in names}
