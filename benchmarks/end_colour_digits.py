@@ -311,6 +311,11 @@ def markdown(results: dict) -> str:
              for selection in entry["selection"].values() if selection.get("fixed")}
     if fixed:
         lines.append(f"\n(α, β) fixed (no validation selection): {', '.join(sorted(fixed))}.")
+    forms = sorted({entry["pseudo_form"] for entry in results["rhos"].values() if "pseudo_form" in entry})
+    if forms:
+        lines.append(f"EnD on pseudo bias labels: normalize_forward={', '.join(forms)}, compared with the true-label "
+                     "row of the same form, paired by seed; ARI: adjusted Rand index of the pseudo labels against the "
+                     "true colours (mean ± std over seeds).")
     return "\n".join(lines)
 
 
