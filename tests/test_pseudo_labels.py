@@ -237,3 +237,23 @@ def test_cli_train_end_with_auto_bias_labels_on_a_folder_without_bias_column(tmp
     assert record["n_clusters"] == 3 and record["config"]["loss"] == "gce"
     assert (out / "pseudo_bias_labels" / "auxiliary_model.safetensors").is_file()
     assert (out / "model.safetensors").is_file() or (out / "hf_debias_model.safetensors").is_file()
+
+
+def test_cli_auto_on_data_with_a_bias_column_trains_on_pseudo_labels_and_measures_on_the_true_ones(tmp_path,
+                                                                                                  caplog):
+    import json
+    import logging
+
+    from hf_debias.cli import main
+
+    out = tmp_path / "out"
+    with caplog.at_level(logging.WARNING, logger="hf_debias"):
+        assert main(["train", "--dataset", "colour-digits", "--colour_digits_train_size", "256", "--max_eval_samples",
+                     "24", "--max_steps", "1", "--per_device_train_batch_size", "32", "--debias", "end",
+                     "--bias_label_column", "auto", "--pseudo_epochs", "0.5", "--use_cpu", "true", "--report_to",
+                     "none", "--disable_tqdm", "true", "--save_strategy", "no", "--output_dir", str(out)]) == 0
+    assert "training uses pseudo bias labels instead of it" in caplog.text  # said, not silent
+    saved = json.loads((out / "pseudo_bias_labels" / "pseudo_labels.json").read_text())
+    assert saved["n_samples"] == 256 and saved["n_clusters"] == 10  # the whole training split, one id per class
+    report = json.loads((out / "report.json").read_text())
+    assert sum(group["count"] for group in report["groups"]["test_unbiased"]) == 24  # true colours measure it

@@ -273,6 +273,11 @@ def run_training(model_args: ModelArguments, data_args: DataArguments, training_
         if training_args.process_index == 0 else None
     if not training_args.uses_pseudo_labels:  # "auto" stays: DebiasTrainer computes the labels
         training_args.bias_label_column = BIAS_COLUMN  # --bias_label_column named the source column; this is ours
+    elif BIAS_COLUMN in data.train.column_names:  # the source's own bias column: not for training, only to measure
+        logger.warning("--bias_label_column auto: %s has a %s column; training uses pseudo bias labels instead of "
+                       "it, the eval splits keep theirs for the group metrics (to train on it, pass "
+                       "--bias_label_column %s).", data_args.dataset, BIAS_COLUMN, BIAS_COLUMN)
+        data.train = data.train.remove_columns(BIAS_COLUMN)
     training_args.remove_unused_columns = False  # the transform produces exactly the columns the model needs
     to_train, to_eval, collate = batch_functions(train_transform, eval_transform, mask_column)
 
