@@ -149,21 +149,21 @@ class DebiasTrainingArguments(TrainingArguments):
     def debias_config(self) -> DebiasConfig | None:
         """The config that ``--debias`` and its options describe, or ``None`` for ``--debias none``; several
         methods (or several comma-separated ``--cav``) give a ``ComposedConfig`` of one part each."""
-        methods = debias_methods(self.debias)
-        if not methods:
+        names = debias_methods(self.debias)
+        if not names:
             return None
         cavs = [part.strip() for part in self.cav.split(",")] if self.cav else [self.cav]
-        uses_cav = [method for method in methods if method in CAV_METHODS]
+        uses_cav = [method for method in names if method in CAV_METHODS]
         if len(cavs) > 1:
             if len(uses_cav) == 1:  # --debias rrclarc --cav ruler,tag: one part per CAV
-                index = methods.index(uses_cav[0])
-                methods = methods[:index] + uses_cav * len(cavs) + methods[index + 1:]
+                index = names.index(uses_cav[0])
+                names = names[:index] + uses_cav * len(cavs) + names[index + 1:]
             elif len(uses_cav) != len(cavs):
                 raise ValueError(f"--cav {self.cav!r} names {len(cavs)} CAVs for --debias {self.debias}, whose "
                                  f"CAV methods are {uses_cav or 'none'}: give one CAV per CAV method, in order, or "
                                  "several CAVs for a single CAV method (one part each).")
         parts, next_cav = [], iter(cavs)
-        for method in methods:
+        for method in names:
             values = {name: getattr(self, flag) for name, flag in _method_flags(method).items()}
             if method in CAV_METHODS and "cav" in values:
                 values["cav"] = next(next_cav) if len(cavs) > 1 else self.cav
@@ -217,10 +217,10 @@ class DebiasTrainingArguments(TrainingArguments):
                                  f"but --bias_label_column is {self.bias_label_column!r}. Pass "
                                  "--bias_label_column auto, or remove them.")
             return
-        methods = [] if config is None else [c.debias_method for c in getattr(config, "corrections", [config])]
-        if "end" not in methods:
+        parts = [] if config is None else [c.debias_method for c in getattr(config, "corrections", [config])]
+        if "end" not in parts:
             raise ValueError(f"--bias_label_column auto computes pseudo bias labels for EnD, but --debias "
-                             f"{self.debias} ({', '.join(methods) or 'no correction'}) reads no bias labels. Use "
+                             f"{self.debias} ({', '.join(parts) or 'no correction'}) reads no bias labels. Use "
                              "--debias end (or a composition with an EnD part), or remove --bias_label_column auto.")
         try:
             self.pseudo_label_config()  # every pseudo_* value checked now, not after the model is loaded

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import copy
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +46,6 @@ class HeatmapInputs:
     source: str
     before: torch.nn.Module
     before_name: str
-    details: dict[str, Any] = field(default_factory=dict)
 
 
 def heatmap_mask_column(data_args, training_args) -> str | None:
