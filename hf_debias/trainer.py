@@ -76,7 +76,7 @@ class DebiasTrainer(Trainer):
             _check_label_columns(dataset, ("labels", self.bias_label_column),
                                  "evaluation" if split is None else f"evaluation ({split!r})")
         config = self._debias_config_for(args)
-        self.mask_column = _mask_column_of(config)
+        self.mask_column = mask_column_of(config)
         if config is not None:
             _check_training_data(train_dataset, self.bias_label_column, args, config,
                                  pseudo=self._pseudo_labels_pending)
@@ -203,7 +203,7 @@ class DebiasTrainer(Trainer):
             self._hp_search_setup(trial)  # Trainer applies the trial only after building the model
         model = super().call_model_init(trial)
         config = self._debias_config_for(self.args)
-        self.mask_column = _mask_column_of(config)
+        self.mask_column = mask_column_of(config)
         if config is not None and getattr(self, "train_dataset", None) is not None:  # None inside __init__
             _check_training_data(self.train_dataset, self.bias_label_column, self.args, config)
         return self._attach_correction(model, config, announce=True)
@@ -435,7 +435,7 @@ class DebiasTrainer(Trainer):
             metrics[self.eval_split_name] = metrics.pop("eval")
         return metrics
 
-    def _baseline_metrics(self) -> dict[str, dict[str, float]]:
+    def baseline_metrics(self) -> dict[str, dict[str, float]]:
         """``--baseline_results`` by split, its single split named as this run's (``eval_split_name``)."""
         baseline = _read_baseline(getattr(self.args, "baseline_results", None), self._eval_split_names())
         if "eval" in baseline and self.eval_split_name != "eval" and self.eval_split_name not in baseline:
@@ -455,7 +455,7 @@ class DebiasTrainer(Trainer):
         args = self.args
         return ModelCardInfo(bias=getattr(args, "bias_description", None),
                              dataset=getattr(args, "card_dataset", None), metrics=self.latest_eval_metrics(),
-                             baseline_metrics=self._baseline_metrics(),
+                             baseline_metrics=self.baseline_metrics(),
                              **getattr(self, "card_extras", {}))
 
     def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
@@ -637,7 +637,7 @@ def _check_training_data(dataset, bias_column: str, args: TrainingArguments, con
     ``pseudo``: the bias labels are computed later (``--bias_label_column auto``), not read from a column."""
     needs_bias = method_class_for(config).needs_bias_labels
     names = getattr(dataset, "column_names", None)
-    mask_column = _mask_column_of(config)
+    mask_column = mask_column_of(config)
     if mask_column is not None and names is not None and mask_column not in names:
         raise ValueError(f"--debias {config.debias_method} needs a mask per image, but the training dataset has no "
                          f"column {mask_column!r}; its columns are {names}. Pass --rrr_mask_column NAME "
@@ -657,7 +657,7 @@ def _check_training_data(dataset, bias_column: str, args: TrainingArguments, con
                       stacklevel=3)
 
 
-def _mask_column_of(config: DebiasConfig | None) -> str | None:
+def mask_column_of(config: DebiasConfig | None) -> str | None:
     """The dataset column of per-image masks that ``config``'s method reads (RRR), else None."""
     if config is None or not method_class_for(config).needs_masks:
         return None

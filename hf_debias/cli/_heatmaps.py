@@ -48,19 +48,21 @@ class HeatmapInputs:
     before_name: str
 
 
-def heatmap_mask_column(data_args, training_args) -> str | None:
-    """The eval column of artifact masks the report reads: ``--heatmap_mask_column`` (``none``: no masks), else
-    RRR's mask column, else the built-in data's; None for none."""
+def _given_mask_column(data_args) -> str | None:
+    """``--heatmap_mask_column`` as given: None when not given, ``"none"`` when turned off."""
     given = data_args.heatmap_mask_column
+    return None if given is None else ("none" if given.strip().lower() == "none" else given)
+
+
+def heatmap_mask_column(data_args, run_mask_column: str | None) -> str | None:
+    """The eval column of artifact masks the report reads: ``--heatmap_mask_column`` (``none``: no masks), else
+    the run's own mask column (RRR's, ``run_mask_column``), else the built-in data's; None for none."""
+    given = _given_mask_column(data_args)
     if given is not None:
-        return None if given.strip().lower() == "none" else given
+        return None if given == "none" else given
     if data_args.heatmap_images is not None:
         return None
-    from ..training_args import debias_methods
-
-    if "rrr" in debias_methods(training_args.debias):
-        return training_args.rrr_mask_column
-    return BUILT_IN_MASKS.get(data_args.dataset)
+    return run_mask_column or BUILT_IN_MASKS.get(data_args.dataset)
 
 
 def check_heatmap_arguments(data_args) -> None:
@@ -68,9 +70,8 @@ def check_heatmap_arguments(data_args) -> None:
     samples = data_args.heatmap_samples
     if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
         raise ValueError(f"--heatmap_samples must be an integer >= 1, got {samples!r}.")
-    mask_given = data_args.heatmap_mask_column is not None and data_args.heatmap_mask_column.strip().lower() != "none"
     if data_args.heatmap_images is not None:
-        if mask_given:
+        if _given_mask_column(data_args) not in (None, "none"):
             raise ValueError(f"--heatmap_images {data_args.heatmap_images} and --heatmap_mask_column "
                              f"{data_args.heatmap_mask_column}: give one (masks measure R_bias on the eval images; "
                              "concept images are drawn without masks).")
@@ -78,11 +79,12 @@ def check_heatmap_arguments(data_args) -> None:
             raise ValueError(f"--heatmap_images {data_args.heatmap_images!r} is not a folder of images.")
 
 
-def prepare_heatmaps(data_args, training_args, data, model, eval_transform) -> HeatmapInputs | None:
+def prepare_heatmaps(data_args, training_args, data, model, eval_transform,
+                     run_mask_column: str | None = None) -> HeatmapInputs | None:
     """The heatmap inputs of a run (None when it has no masks and no concept images): up to
     ``--heatmap_samples`` eval images with a non-empty mask (or the concept images) through the evaluation
     transform, and the "before" model (a copy of ``model`` unless the baseline run holds one)."""
-    column = heatmap_mask_column(data_args, training_args)
+    column = heatmap_mask_column(data_args, run_mask_column)
     if column is None and data_args.heatmap_images is None:
         return None
     limit = data_args.heatmap_samples
@@ -170,12 +172,13 @@ def _before_model(training_args, model):
 def finish_heatmaps(inputs: HeatmapInputs, trained, output_dir: str | Path, method: str) -> dict[str, Any]:
     """Attribute both models, write ``heatmaps.png`` into ``output_dir`` and return what the report and the
     card record: ``{"heatmaps": path, "artifact_relevance": {...}, "details": {...}}``."""
+    from ..fit_loop import predict
     from ..relevance_report import compare_artifact_relevance
 
     device = next(trained.parameters()).device
     before = inputs.before.to(device)
     # concept images have no labels: both models explain the class the "before" model predicts
-    target = _predicted_classes(before, inputs.images) if inputs.labels is None else None
+    target = None if inputs.labels is not None else torch.from_numpy(predict(before, inputs.images, batch_size=64))
     comparison = compare_artifact_relevance({"before": before, f"after: {method}": trained}, inputs.images,
                                             inputs.masks, labels=inputs.labels, target=target, shown=SHOWN,
                                             path=Path(output_dir) / HEATMAPS_PNG)
@@ -188,16 +191,3 @@ def finish_heatmaps(inputs: HeatmapInputs, trained, output_dir: str | Path, meth
             f"{', '.join(sorted(set(comparison.attribution_method.values())))}")
     return {"heatmaps": comparison.heatmaps, "artifact_relevance": relevance, "note": note, "details": details}
 
-
-def _predicted_classes(model, images: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
-    device = next(model.parameters()).device
-    predicted = []
-    was_training = model.training
-    model.eval()
-    with torch.no_grad():
-        for start in range(0, len(images), batch_size):
-            output = model(images[start:start + batch_size].to(device))
-            logits = output.logits if hasattr(output, "logits") else output
-            predicted.append(logits.argmax(-1).cpu())
-    model.train(was_training)
-    return torch.cat(predicted)

@@ -267,9 +267,9 @@ def run_training(model_args: ModelArguments, data_args: DataArguments, training_
     check_heatmap_arguments(data_args)
     mask_column = mask_column_of(training_args)
     data = load_data(data_args, training_args.bias_label_column, seed=training_args.seed, mask_column=mask_column,
-                     eval_mask_column=heatmap_mask_column(data_args, training_args))
+                     eval_mask_column=heatmap_mask_column(data_args, mask_column))
     model, processor, train_transform, eval_transform = build_model_and_transforms(model_args, data_args, data)
-    heatmaps = prepare_heatmaps(data_args, training_args, data, model, eval_transform) \
+    heatmaps = prepare_heatmaps(data_args, training_args, data, model, eval_transform, mask_column) \
         if training_args.process_index == 0 else None
     if not training_args.uses_pseudo_labels:  # "auto" stays: DebiasTrainer computes the labels
         training_args.bias_label_column = BIAS_COLUMN  # --bias_label_column named the source column; this is ours
@@ -320,9 +320,9 @@ def run_training(model_args: ModelArguments, data_args: DataArguments, training_
 
 def mask_column_of(training_args) -> str | None:
     """The dataset column of per-image masks the run's method reads (``--rrr_mask_column`` for RRR), else None."""
-    from ..training_args import debias_methods
+    from ..trainer import mask_column_of as config_mask_column
 
-    return training_args.rrr_mask_column if "rrr" in debias_methods(training_args.debias) else None
+    return config_mask_column(training_args.debias_config())
 
 
 _KEEP = ("labels", BIAS_COLUMN)
@@ -446,7 +446,7 @@ def summarise(trainer: DebiasTrainer, metrics: dict[str, float], data: TrainingD
         lines += [f"\n{name}: {len(data.evaluation[name])} images in {len(groups[name])} (class, bias) groups",
                   format_group_table(groups[name], class_names=data.class_names, bias_names=data.bias_names,
                                      worst=worst if None not in worst else None, bias_header=data.bias_source)]
-    baseline = trainer.model_card_info().baseline_metrics or {}
+    baseline = trainer.baseline_metrics()
     after, before = f"after: {args.debias}", "before: baseline"
     panels = {name: ({before: baseline[name]} if name in baseline else {}) | {after: per_split[name]}
               for name in names}
