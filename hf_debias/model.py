@@ -21,6 +21,7 @@ from ._validation import as_class_ids, check_batch_size
 from .config import DebiasConfig
 from .distributed import check_same_on_every_process
 from .methods.base import method_class_for
+from .outputs import logits_of  # noqa: F401  (re-exported: hf_debias.model.logits_of)
 
 
 @dataclass
@@ -41,18 +42,6 @@ class DebiasOutput(ModelOutput):
     ce_loss: torch.Tensor | None = None
     penalty: torch.Tensor | None = None
     penalty_terms: dict[str, torch.Tensor] | None = None
-
-
-def logits_of(output: object) -> torch.Tensor:
-    """The logits in a model's output: a tensor (timm), ``.logits`` (transformers) or the first tuple item."""
-    if isinstance(output, torch.Tensor):
-        return output
-    logits = getattr(output, "logits", None)
-    if isinstance(logits, torch.Tensor):
-        return logits
-    if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
-        return output[0]
-    raise ValueError(f"Cannot find logits in a model output of type {type(output).__name__}.")
 
 
 class DebiasModel(nn.Module):

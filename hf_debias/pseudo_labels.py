@@ -245,7 +245,7 @@ def gce_loss(logits: torch.Tensor, labels: torch.Tensor, q: float = 0.7) -> torc
 
 
 def _logits(output: Any) -> torch.Tensor:
-    from .model import logits_of
+    from .outputs import logits_of
 
     return logits_of(output)
 

@@ -499,7 +499,9 @@ def _checkpoint_debias_config(checkpoint: str) -> DebiasConfig | None:
 def debias_config_differences(saved: DebiasConfig | None, current: DebiasConfig | None) -> list[str]:
     """What differs between a checkpoint's config and a run's, as ``"field: checkpoint X, this run Y"`` texts:
     the method and every hyper-parameter; not the record-only fields (version, base model, revision); the CAV
-    by content (vector and statistics), not by path."""
+    by content (vector and statistics), not by path. A field this run leaves ``"auto"`` matches the value the
+    checkpoint recorded: binding the config to the same model resolves it the same way (RR-ClArC's
+    ``penalty_form``)."""
     if saved is None and current is None:
         return []
     if saved is None or current is None:
@@ -512,7 +514,8 @@ def debias_config_differences(saved: DebiasConfig | None, current: DebiasConfig 
     before, after = saved.to_dict(), current.to_dict()
     differences = [f"{key}: checkpoint {before.get(key)!r}, this run {after.get(key)!r}"
                    for key in sorted(set(before) | set(after))
-                   if key not in _RECORD_ONLY and key != "cav" and before.get(key) != after.get(key)]
+                   if key not in _RECORD_ONLY and key != "cav" and before.get(key) != after.get(key)
+                   and after.get(key) != "auto"]
     if hasattr(saved, "load_cav") and hasattr(current, "load_cav"):
         saved_cav, current_cav = saved.load_cav(), current.load_cav()
         cav_before = {key: value for key, value in saved_cav.metadata().items() if key != "hf_debias_version"}

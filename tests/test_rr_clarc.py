@@ -23,7 +23,8 @@ def pooled_linear_model(channels=6, classes=4):
 
 
 def random_cav(channels, seed=0, layer=None):
-    return CAV(torch.randn(channels, generator=torch.Generator().manual_seed(seed)), concept="test", layer=layer)
+    return CAV(torch.randn(channels, generator=torch.Generator().manual_seed(seed)), concept="test", layer=layer,
+               concept_mean=2.0, clean_mean=-1.0)
 
 
 @pytest.mark.parametrize("aggregation", AGGREGATIONS)
@@ -138,9 +139,13 @@ TARGET_AND_AGGREGATION = sorted({(target, "l2_mean") for target in GRADIENT_TARG
 def test_every_target_and_aggregation_trains_conv_and_vit(kind, layer, channels, target, aggregation):
     torch.manual_seed(0)
     model = _conv_model() if kind == "conv" else _vit_model()
+    # the gradient form on both (on a ViT the default is the finite difference, tested in test_rr_clarc_vit.py)
     config = RRClArCConfig(layer=layer, cav=random_cav(channels, layer=layer), lamb=1.0, gradient_target=target,
-                           target_class=2 if target == "class" else None, aggregation=aggregation, freeze="none")
-    wrapped = get_debias_model(model, config).train()
+                           target_class=2 if target == "class" else None, aggregation=aggregation, freeze="none",
+                           penalty_form="gradient")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # on the ViT: the gradient form is not the token-model recipe
+        wrapped = get_debias_model(model, config).train()
     out = wrapped(torch.randn(4, 3, 32, 32), labels=torch.tensor([0, 1, 2, 0]))
     out.loss.backward()
     value = out.penalty_terms["rrclarc_penalty"]
@@ -152,8 +157,10 @@ def test_every_target_and_aggregation_trains_conv_and_vit(kind, layer, channels,
 def test_double_backward_needs_the_math_attention_path_only_while_training():
     model = _vit_model()
     assert model.blocks[0].attn.fused_attn  # timm's fused SDPA, whose CPU kernel has no double backward
-    config = RRClArCConfig(layer="blocks.0", cav=random_cav(64, layer="blocks.0"), freeze="none")
-    wrapped = get_debias_model(model, config)
+    config = RRClArCConfig(layer="blocks.0", cav=random_cav(64, layer="blocks.0"), freeze="none",
+                           penalty_form="gradient")
+    with pytest.warns(UserWarning, match="vision transformer"):
+        wrapped = get_debias_model(model, config)
     calls = []
     original = F.scaled_dot_product_attention
 
@@ -324,7 +331,7 @@ def test_the_warning_on_a_pooled_linear_head_advises_an_earlier_layer(freeze):
 @pytest.mark.parametrize("layer", ["blocks.0", "blocks.11"])
 def test_no_linear_head_warning_on_a_vit_block(layer):
     vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=3, img_size=32)
-    assert _warnings_of_one_step(vit, layer, 192) == []
+    assert _warnings_of_one_step(vit, layer, 192, penalty_form="gradient") == []
 
 
 def test_the_check_waits_for_a_batch_of_different_images():

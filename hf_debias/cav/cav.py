@@ -23,7 +23,8 @@ from safetensors.torch import load_file, save_file
 from .. import __version__
 from .._validation import check_choice
 from ..config import read_json_object
-from .fitting import CAV_METHODS, ConceptStatistics, auc_warning, check_concept_labels, fit_direction, held_out_auc
+from .fitting import (CAV_METHODS, ConceptStatistics, auc_warning, check_concept_labels, fit_direction, held_out_auc,
+                      residual_auc, residual_warning)
 from .pooling import POOLINGS, SPATIAL
 
 CAV_WEIGHTS_NAME = "cav.safetensors"
@@ -177,12 +178,14 @@ class CAV:
         held-out samples of either kind to trust it, or only one concept value (then there is no AUC: ``None`` is
         returned and an earlier ``quality['auc']`` is removed).
         """
-        quality = held_out_auc(self.project(torch.as_tensor(activations)), concept_labels)
+        activations = torch.as_tensor(activations)
+        quality = held_out_auc(self.project(activations), concept_labels)
         self.quality.pop("auc", None)
         self.quality.update(quality)
-        warning = auc_warning(self.quality)
-        if warning:
-            warnings.warn(warning, stacklevel=2)
+        self.quality["residual_auc"] = residual_auc(activations, concept_labels, self.vector)
+        for warning in (auc_warning(self.quality), residual_warning(self.quality)):
+            if warning:
+                warnings.warn(warning, stacklevel=2)
         return self.quality.get("auc")
 
     def check_activation(self, activation: torch.Tensor, layer: str | None = None) -> None:

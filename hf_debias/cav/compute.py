@@ -22,8 +22,10 @@ from ..distributed import all_reduce_max, all_reduce_sum, gather, is_distributed
 from ..hooks import LayerHook, StopForward
 from ..layers import resolve_layer
 from ..loading import model_device, model_identity
+from ..token_models import patch_embedding_layer
 from .cav import CAV
-from .fitting import CAV_METHODS, STREAMING_METHODS, ConceptStatistics, auc_warning, check_concept_labels, held_out_auc
+from .fitting import (CAV_METHODS, STREAMING_METHODS, ConceptStatistics, auc_warning, check_concept_labels,
+                      held_out_auc, residual_auc, residual_warning)
 from .pooling import (AUTO, POOLING_CHOICES, POOLINGS, SPATIAL, PoolingChoice, auto_pooling, pool_activation,
                       spatial_shape_of)
 
@@ -50,7 +52,9 @@ def compute_cav(model: nn.Module, layer: str | None, data: Any, *, concept: str 
     """Compute a CAV for ``concept`` at ``layer`` of ``model``.
 
     Args:
-        layer: a module name (``"layer3"``, ``"blocks.5"``, ``"head:input"``); ``None``: the classifier's input.
+        layer: a module name (``"layer3"``, ``"blocks.5"``, ``"head:input"``); ``None``: the classifier's input,
+            or on a vision transformer (``hf_debias.token_models``) its patch embedding, where a corner artifact is
+            still in its own tokens and the corrections were measured to remove it (BENCHMARKS §4g).
         data: a ``DataLoader`` (or any iterable) of batches — ``(pixel_values, concept_labels)`` tuples or dicts
             with ``pixel_values`` and ``concept_column`` —, a ``(pixel_values, concept_labels)`` pair of tensors,
             or a ``datasets.Dataset`` with ``pixel_values`` (or ``image``, preprocessed with the model's own
@@ -64,8 +68,9 @@ def compute_cav(model: nn.Module, layer: str | None, data: Any, *, concept: str 
             layer, measured by ``auto_pooling`` on the first batch (a forward and a backward pass on at most 8
             images) — ``mean`` when the layer is read through global average pooling (e.g. the last stage before
             timm's ``global_pool`` or a transformers pooler, where a mean-pooled CAV is the direction the head
-            sees), ``cls`` when only the class token reaches the head, else ``max`` (the paper's choice). The
-            choice and its reason are recorded in ``cav.fit_params["pooling_reason"]``.
+            sees), ``cls`` when only the class token reaches the head, ``none`` (spatial) at a vision
+            transformer's patch embedding, else ``max`` (the paper's choice). The choice and its reason are
+            recorded in ``cav.fit_params["pooling_reason"]``.
         validation_fraction: a fixed pseudo-random share (one in round(1 / fraction), by sample index; see
             ``held_out_mask``) is held out, up to ``max_validation_samples``,
             to measure the concept-detection AUC (``cav.quality``: ``auc`` and the ``held_out_with`` /
@@ -82,6 +87,9 @@ def compute_cav(model: nn.Module, layer: str | None, data: Any, *, concept: str 
     check_choice("pooling", pooling, POOLING_CHOICES)
     if not 0.0 <= validation_fraction < 1.0:
         raise ValueError(f"validation_fraction must be in [0, 1), got {validation_fraction!r}.")
+    patch_embedding = patch_embedding_layer(model)
+    if layer is None and patch_embedding is not None:
+        layer = patch_embedding
     ref = resolve_layer(model, layer)
     device = torch.device(device) if device is not None else model_device(model)
     was_training = model.training
@@ -90,7 +98,11 @@ def compute_cav(model: nn.Module, layer: str | None, data: Any, *, concept: str 
     batches = _batches(data, model, concept_column, batch_size, rank, world)
     first = next(batches, None)
     choice = None
-    if pooling == AUTO:
+    if pooling == AUTO and ref.name == patch_embedding and not ref.on_input:
+        choice = PoolingChoice(SPATIAL, f"{ref.spec!r} is a vision transformer's patch embedding: a spatial CAV "
+                                        "keeps each token's own direction (an artifact lives in its own patches)")
+        pooling = choice.pooling
+    elif pooling == AUTO:
         try:
             choice = _agreed_pooling(model, layer, first, world)
         except BaseException:
@@ -177,9 +189,10 @@ def compute_cav(model: nn.Module, layer: str | None, data: Any, *, concept: str 
         rows = torch.cat(held_rows) if held_rows else torch.zeros(0, cav.vector.numel())
         labels = torch.cat(held_labels) if held_labels else torch.zeros(0, dtype=torch.long)
         cav.quality.update(held_out_auc(cav.project(rows), labels))
-        warning = auc_warning(cav.quality)
-        if warning and rank == 0:
-            warnings.warn(warning, stacklevel=3)
+        cav.quality["residual_auc"] = residual_auc(rows, labels, cav.vector)
+        for warning in (auc_warning(cav.quality), residual_warning(cav.quality)):
+            if warning and rank == 0:
+                warnings.warn(warning, stacklevel=3)
     return cav
 
 

@@ -120,6 +120,55 @@ def held_out_auc(scores: torch.Tensor, concept_labels: object) -> dict[str, floa
     return quality
 
 
+RESIDUAL_AUC_WARNING = 0.75
+"""Residual AUC at or above which one direction is said to leave the concept readable (``residual_warning``)."""
+
+RESIDUAL_PROBE_FOLDS = 3
+
+
+def residual_auc(rows: torch.Tensor, concept_labels: object, directions: torch.Tensor) -> float | None:
+    """How readable the concept stays once the CAV's direction(s) are projected out: the ROC AUC of a linear probe
+    (logistic regression, L2, ``RESIDUAL_PROBE_FOLDS``-fold cross-validated predictions) on held-out activations
+    ``rows`` ``[N, D]`` with their component along ``directions`` (``[D]``, or ``[k, D]`` orthonormal rows)
+    removed. About 0.5: the direction captured what a linear read-out can use of the concept; near 1: the concept
+    is also encoded elsewhere (other directions, other positions), so removing or penalising this one direction
+    alone can leave a shortcut whole (INLP, Ravfogel et al. 2020; methods.md §6).
+
+    Returns ``None`` when fewer than ``RESIDUAL_PROBE_FOLDS`` samples of either concept value are given.
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+    from sklearn.metrics import roc_auc_score
+
+    rows = torch.as_tensor(rows).detach().double().cpu()
+    labels = check_concept_labels(concept_labels, rows.shape[0], require_both=False).numpy()
+    if min(int(labels.sum()), int((1 - labels).sum())) < RESIDUAL_PROBE_FOLDS:
+        return None
+    basis = torch.as_tensor(directions).detach().double().cpu().reshape(-1, rows.shape[1])
+    basis = torch.linalg.qr(basis.T).Q.T  # orthonormal rows spanning the directions
+    projected = rows - (rows @ basis.T) @ basis
+    projected = projected - projected.mean(dim=0)
+    scale = float(projected.std()) or 1.0
+    probe = LogisticRegression(C=1.0, max_iter=2000)
+    folds = StratifiedKFold(RESIDUAL_PROBE_FOLDS, shuffle=True, random_state=0)
+    scores = cross_val_predict(probe, (projected / scale).numpy(), labels, cv=folds, method="decision_function")
+    return float(roc_auc_score(labels, scores))
+
+
+def residual_warning(quality: dict[str, float]) -> str | None:
+    """Advice when one direction leaves the concept readable (``quality["residual_auc"]`` at or above
+    ``RESIDUAL_AUC_WARNING``), else ``None``."""
+    residual = quality.get("residual_auc")
+    if residual is None or residual < RESIDUAL_AUC_WARNING:
+        return None
+    return (f"After projecting this CAV out, a linear probe still detects the concept on held-out images (residual "
+            f"AUC {residual:.3f}; about 0.5 would mean the direction captured it): the concept is also encoded in "
+            "other directions or positions, and a correction along this one direction can leave the shortcut whole. "
+            "Try a spatial CAV (pooling='none') or, on a vision transformer, the patch embedding (compute_cav's "
+            "default there), an earlier layer, and check the corrected model with an attacked split or an artifact "
+            "transplant rather than TCAV.")
+
+
 def describe_auc(quality: dict[str, float]) -> str:
     """One line: ``auc=1.000 on 5 held-out images (3 with, 2 without)``, with the caveat when it is too small, or
     why there is no AUC."""

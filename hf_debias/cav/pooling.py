@@ -10,6 +10,7 @@ from torch import nn
 
 from .._validation import check_choice
 from ..functional.rr_clarc import channels_last
+from ..outputs import logits_of
 
 POOLINGS = ("max", "mean", "cls", "none")
 """``max`` / ``mean``: over the spatial positions of a conv map ``[N, C, H, W]`` or the tokens of ``[N, T, C]``;
@@ -129,7 +130,6 @@ def auto_pooling(model: nn.Module, layer: str | None, pixel_values: torch.Tensor
     from ..hooks import LayerHook
     from ..layers import resolve_layer
     from ..loading import model_device
-    from ..model import logits_of
 
     ref = resolve_layer(model, layer)
     captured: dict[str, torch.Tensor] = {}

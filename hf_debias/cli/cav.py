@@ -44,7 +44,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", help="a timm model name, an hf-hub:/local-dir: timm id, or a transformers model id "
                                       "or folder")
     parser.add_argument("--layer", default=None, help="module name of the layer (see `hf-debias layers MODEL`); "
-                                                      "default: the input of the classifier head")
+                                                      "default: the input of the classifier head; on a vision "
+                                                      "transformer its patch embedding (the recipe measured to "
+                                                      "remove a shortcut there, BENCHMARKS.md §4g)")
     parser.add_argument("--output-dir", required=True, help="folder to write the CAV to")
     parser.add_argument("--concept", default=None, help="what the CAV means, recorded with it (e.g. 'ruler')")
     parser.add_argument("--push-to-hub", default=None, metavar="REPO_ID",
@@ -70,7 +72,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                          help="signal (default, streaming) / fastcav, or a filter CAV: svm, ridge, lasso, logistic")
     fitting.add_argument("--pooling", default="auto", choices=POOLING_CHOICES,
                          help="how the layer's activation is pooled; auto: as the model reads the layer (mean behind "
-                              "global average pooling, cls when the head reads the class token, else max, the "
+                              "global average pooling, cls when the head reads the class token, none at a "
+                              "vision transformer's patch embedding, else max, the "
                               "paper's choice), measured on the first batch; none: a spatial CAV that keeps every "
                               "position (for an artifact at a fixed place, e.g. a timestamp; one input size only; "
                               "use it with --debias rrclarc at an early layer and --freeze before_layer)")

@@ -5,6 +5,12 @@ Dreyer et al., "From Hope to Safety" (AAAI 2024), see docs/methods.md §2: with 
 ``gradient_target_output`` builds the scalar ``m · f̃(a)``; ``latent_gradient`` differentiates it with
 ``create_graph=True``; ``rr_clarc_penalty`` aggregates the result along ``h``.
 
+``finite_difference_penalty`` is the same loss with the derivative replaced by a finite difference over the concept's
+own magnitude: ``((m · f̃(a⁺) − m · f̃(a⁻)) / (μ⁺ − μ⁻))²`` with ``a±`` the activation moved along ``h`` to the mean
+projection of images with (μ⁺) and without (μ⁻) the concept. It tends to the gradient form as μ⁺ → μ⁻, but measures
+what the concept *does* to the output rather than a local slope: on a ViT the slope can be driven to ~0 while the
+artifact still decides the prediction (BENCHMARKS §4g), the finite difference cannot.
+
 Layouts: ``[N, C, H, W]`` conv maps (channels first), ``[N, T, C]`` tokens (channels last) and ``[N, C]``.
 """
 
@@ -33,6 +39,16 @@ OFFICIAL_LOGPROBS_EPS = 1e-5
 confident model ``official_logprobs`` and ``mean_log_prob`` differ: ``mean_log_prob``'s gradient with respect to
 logit ``j`` is ``1/K - p_j`` (about -0.9 for the predicted class of a confident 10-class model), while
 ``official_logprobs`` weights class ``k``'s term by ``p_k / (p_k + 1e-5)`` (about 0 for the unlikely classes)."""
+
+
+PENALTY_FORMS = ("gradient", "finite_difference")
+"""How RR-ClArC measures the output's response along the CAV: ``gradient`` (the paper: the latent gradient, double
+backward) or ``finite_difference`` (the output change between the activation moved to the concept mean and to the
+clean mean, divided by that distance; two extra forward passes, no double backward)."""
+
+FINITE_DIFFERENCE_AGGREGATIONS = ("l2_mean", "l2", "l1_mean", "l1")
+"""The aggregations the finite-difference form takes: the move along the CAV is one per image, so ``l2`` and
+``l2_mean`` (and ``l1`` / ``l1_mean``) are the same loss; ``cosine`` has no finite-difference analogue."""
 
 
 def channels_last(latent: torch.Tensor, name: str = "latent_grad") -> torch.Tensor:
@@ -95,6 +111,57 @@ def rr_clarc_penalty(latent_grad: torch.Tensor, cav: torch.Tensor, *, aggregatio
     return values.mean()
 
 
+def gradient_target_values(logits: torch.Tensor, target: str, *, labels: torch.Tensor | None = None,
+                           target_class: int | None = None, generator: torch.Generator | None = None,
+                           signs: torch.Tensor | None = None) -> torch.Tensor:
+    """``m_n · f̃(a_n)`` per sample, ``[N]`` (``gradient_target_output`` is its sum).
+
+    Args:
+        logits: ``[N, K]``.
+        target: one of ``GRADIENT_TARGETS``.
+        labels: the true labels, needed for ``true_label``: one per row.
+        target_class: the class index, needed for ``class``.
+        generator: draws the signs for ``random_signs`` (a fresh draw on every call).
+        signs: ``random_signs`` only: use these ±1 signs ``[N, K]`` instead of drawing (the finite difference
+            weights both of its forward passes with the same draw).
+    """
+    check_choice("gradient_target", target, GRADIENT_TARGETS)
+    if logits.dim() != 2:
+        raise ValueError(f"logits must be shaped [N, num_classes], got {tuple(logits.shape)}.")
+    logits = logits.float()
+    if target == "random_signs":
+        if signs is None:
+            signs = random_signs(logits.shape, logits.device, generator)
+        return (signs.to(logits.device, logits.dtype) * logits).sum(dim=1)
+    if target == "all_logits":
+        return logits.sum(dim=1)
+    if target == "class":
+        if target_class is None or not 0 <= target_class < logits.shape[1]:
+            raise ValueError(f"gradient_target='class' needs target_class in [0, {logits.shape[1] - 1}], "
+                             f"got {target_class!r}.")
+        return logits[:, target_class]
+    if target == "true_label":
+        if labels is None:
+            raise ValueError("gradient_target='true_label' needs the labels of the batch.")
+        labels = labels.reshape(-1)
+        if labels.shape[0] != logits.shape[0]:
+            raise ValueError(f"gradient_target='true_label' needs one label per row: {labels.shape[0]} labels for "
+                             f"{logits.shape[0]} rows.")
+        return logits.gather(1, labels.long().view(-1, 1))[:, 0]
+    if target == "max_logit":
+        return logits.max(dim=1).values
+    if target == "official_logprobs":
+        return (F.softmax(logits, dim=1) + OFFICIAL_LOGPROBS_EPS).log().mean(dim=1)
+    return F.log_softmax(logits, dim=1).mean(dim=1)  # mean_log_prob
+
+
+def random_signs(shape: torch.Size | tuple[int, ...], device: torch.device | str,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+    """±1 per sample and logit (``random_signs``); drawn on the CPU when a ``generator`` is given."""
+    signs = torch.randint(0, 2, tuple(shape), generator=generator, device="cpu" if generator is not None else device)
+    return signs.to(device, torch.float32) * 2 - 1
+
+
 def gradient_target_output(logits: torch.Tensor, target: str, *, labels: torch.Tensor | None = None,
                            target_class: int | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
     """The scalar ``Σ_n m_n · f̃(a_n)`` whose latent gradient the penalty constrains.
@@ -106,30 +173,42 @@ def gradient_target_output(logits: torch.Tensor, target: str, *, labels: torch.T
         target_class: the class index, needed for ``class``.
         generator: draws the signs for ``random_signs`` (a fresh draw on every call).
     """
-    check_choice("gradient_target", target, GRADIENT_TARGETS)
-    if logits.dim() != 2:
-        raise ValueError(f"logits must be shaped [N, num_classes], got {tuple(logits.shape)}.")
-    logits = logits.float()
-    if target == "random_signs":
-        signs = torch.randint(0, 2, logits.shape, generator=generator,
-                              device="cpu" if generator is not None else logits.device)
-        return ((signs.to(logits.device, logits.dtype) * 2 - 1) * logits).sum()
-    if target == "all_logits":
-        return logits.sum()
-    if target == "class":
-        if target_class is None or not 0 <= target_class < logits.shape[1]:
-            raise ValueError(f"gradient_target='class' needs target_class in [0, {logits.shape[1] - 1}], "
-                             f"got {target_class!r}.")
-        return logits[:, target_class].sum()
-    if target == "true_label":
-        if labels is None:
-            raise ValueError("gradient_target='true_label' needs the labels of the batch.")
-        return logits.gather(1, labels.long().view(-1, 1)).sum()
-    if target == "max_logit":
-        return logits.max(dim=1).values.sum()
-    if target == "official_logprobs":
-        return (F.softmax(logits, dim=1) + OFFICIAL_LOGPROBS_EPS).log().mean(dim=1).sum()
-    return F.log_softmax(logits, dim=1).mean(dim=1).sum()  # mean_log_prob
+    return gradient_target_values(logits, target, labels=labels, target_class=target_class,
+                                  generator=generator).sum()
+
+
+def finite_difference_penalty(logits_concept: torch.Tensor, logits_clean: torch.Tensor, distance: float, *,
+                              target: str = "random_signs", labels: torch.Tensor | None = None,
+                              target_class: int | None = None, aggregation: str = "l2_mean",
+                              generator: torch.Generator | None = None) -> torch.Tensor:
+    """RR-ClArC's loss with a finite difference along the CAV instead of the latent gradient.
+
+    Args:
+        logits_concept: ``[N, K]``, the model's output with each image's activation moved along the CAV to the
+            concept mean μ⁺.
+        logits_clean: ``[N, K]``, the same images moved to the clean mean μ⁻.
+        distance: μ⁺ − μ⁻, the concept's own magnitude along the CAV (non-zero): dividing by it puts the loss on the
+            gradient form's scale, which it equals in the limit of a small distance.
+        target: what is compared (``GRADIENT_TARGETS``); ``random_signs`` weights both outputs with one draw.
+        aggregation: ``l2_mean`` / ``l2`` (squared, the default) or ``l1_mean`` / ``l1`` (absolute value).
+
+    Returns the mean over the batch, a 0-dim float32 tensor.
+    """
+    check_choice("aggregation", aggregation, FINITE_DIFFERENCE_AGGREGATIONS)
+    if logits_concept.shape != logits_clean.shape or logits_concept.dim() != 2 or logits_concept.shape[0] == 0:
+        raise ValueError(f"logits_concept and logits_clean must be the same non-empty [N, num_classes] shape, got "
+                         f"{tuple(logits_concept.shape)} and {tuple(logits_clean.shape)}.")
+    distance = float(distance)
+    if not distance or distance != distance or abs(distance) == float("inf"):
+        raise ValueError(f"distance (the concept mean minus the clean mean along the CAV) must be finite and "
+                         f"non-zero, got {distance!r}: the CAV does not separate images with and without the concept.")
+    signs = random_signs(logits_concept.shape, logits_concept.device, generator) \
+        if target == "random_signs" else None
+    values = [gradient_target_values(logits, target, labels=labels, target_class=target_class, signs=signs)
+              for logits in (logits_concept, logits_clean)]
+    difference = (values[0] - values[1]) / distance
+    kind = aggregation.removesuffix("_mean")
+    return (difference.square() if kind == "l2" else difference.abs()).mean()
 
 
 def latent_gradient_depends_on_input(logits: torch.Tensor, latent: torch.Tensor, *,

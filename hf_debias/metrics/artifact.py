@@ -14,7 +14,7 @@ from ..functional.rr_clarc import channels_last
 from ..hooks import LayerHook
 from ..layers import resolve_layer
 from ..loading import model_device
-from ..model import logits_of
+from ..outputs import logits_of
 
 
 def artifact_accuracy(predictions, references, attacked) -> dict[str, float]:
