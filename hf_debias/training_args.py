@@ -117,6 +117,11 @@ class DebiasTrainingArguments(TrainingArguments):
     rrclarc_aggregation: str = field(default="l2_mean", metadata={
         "help": "RR-ClArC: how the latent gradient's projection is aggregated (l2_mean: the paper)",
         "choices": list(AGGREGATIONS)})
+    rrclarc_penalty_form: str = field(default="auto", metadata={
+        "help": "RR-ClArC: gradient (the paper: the latent gradient along the CAV), finite_difference (the output "
+                "change when the activation moves from the clean to the concept mean along the CAV), auto: "
+                "finite_difference on vision transformers, where the gradient form left a shortcut whole "
+                "(BENCHMARKS.md §4g), else gradient", "choices": ["auto", "gradient", "finite_difference"]})
     rrr_lamb: float = field(default=1.0, metadata={"help": "RRR: penalty weight lambda (>= 0)"})
     rrr_mask_column: str = field(default="artifact_mask", metadata={
         "help": "RRR: dataset column with one mask per image ([H, W], 1 = the artifact region whose input gradient "

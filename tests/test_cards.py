@@ -314,7 +314,8 @@ def test_cav_evaluate_records_the_held_out_counts_and_warns_when_they_are_too_fe
     activations = torch.stack([cav.vector * s for s in (3.0, 2.0, 1.0, -1.0, -2.0, -3.0)])
     with pytest.warns(UserWarning, match="rests on 3 held-out images with the concept and 3 without"):
         assert cav.evaluate(activations, [1, 1, 1, 0, 0, 0]) == 1.0
-    assert cav.quality == {"auc": 1.0, "held_out_with": 3, "held_out_without": 3}
+    assert cav.quality == {"auc": 1.0, "held_out_with": 3, "held_out_without": 3,
+                           "residual_auc": cav.quality["residual_auc"]}  # the CAV check: tests/test_vit_corrections
     assert all(part in repr(cav) for part in ("auc=1.000", "held_out_with=3,", "held_out_without=3"))
     with pytest.warns(UserWarning, match="only one concept value"):
         assert cav.evaluate(activations[:3], [1, 1, 1]) is None

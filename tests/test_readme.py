@@ -77,6 +77,8 @@ def test_python_snippets_run_as_written(heading, workdir, capsys):
     elif heading.startswith("RR-ClArC"):
         assert (root / "ruler_cav" / "cav.safetensors").is_file() and "concept='ruler'" in out
         assert namespace["cav"].quality["auc"] > 0.9  # the stand-in concept is easy to detect
+    elif heading.startswith("Vision transformers"):
+        assert out.split("\n")[:2] == ["patch_embed none (spatial, 16 positions)", "finite_difference"]
     elif heading.startswith("The Hugging Face Hub"):
         assert [commit["repo_id"] for commit in hub.commits] == ["my-org/resnet18-no-ruler", "my-org/skin-cavs"]
         assert (root / "resnet18-no-ruler" / "debias_config.json").is_file()

@@ -25,7 +25,8 @@ from ..loading import model_device, model_identity
 from ..token_models import patch_embedding_layer
 from .cav import CAV
 from .fitting import (CAV_METHODS, STREAMING_METHODS, ConceptStatistics, auc_warning, check_concept_labels,
-                      held_out_auc, residual_auc, residual_warning)
+                      RESIDUAL_MAX_SAMPLES, held_out_auc, residual_auc, residual_warning)
+from ..functional.rr_clarc import channels_last
 from .pooling import (AUTO, POOLING_CHOICES, POOLINGS, SPATIAL, PoolingChoice, auto_pooling, pool_activation,
                       spatial_shape_of)
 
@@ -119,6 +120,7 @@ def compute_cav(model: nn.Module, layer: str | None, data: Any, *, concept: str 
     fit_index: list[torch.Tensor] = []
     held_rows: list[torch.Tensor] = []
     held_labels: list[torch.Tensor] = []
+    held_maps: list[torch.Tensor] = []  # the first held-out images' whole activations, for residual_auc
     every = round(1 / validation_fraction) if validation_fraction > 0 else 0
     seen = held = 0
     spatial_shape = None
@@ -148,6 +150,9 @@ def compute_cav(model: nn.Module, layer: str | None, data: Any, *, concept: str 
             if take.any():
                 held_rows.append(pooled[take])
                 held_labels.append(labels[take])
+                if pooling != SPATIAL and hook.activation.dim() > 2:
+                    held_maps.append(channels_last(hook.activation[take.to(hook.activation.device)]).float().cpu()
+                                     [:max(0, RESIDUAL_MAX_SAMPLES - sum(len(m) for m in held_maps))])
             if streaming:
                 stats = stats or ConceptStatistics(pooled.shape[1])
                 stats.update(pooled[~take], labels[~take])
@@ -189,11 +194,28 @@ def compute_cav(model: nn.Module, layer: str | None, data: Any, *, concept: str 
         rows = torch.cat(held_rows) if held_rows else torch.zeros(0, cav.vector.numel())
         labels = torch.cat(held_labels) if held_labels else torch.zeros(0, dtype=torch.long)
         cav.quality.update(held_out_auc(cav.project(rows), labels))
-        cav.quality["residual_auc"] = residual_auc(rows, labels, cav.vector)
+        read_pooled = not held_maps or world > 1 or _model_reads_pooled(model, layer, choice, pooling, first)
+        if read_pooled:
+            cav.quality["residual_auc"] = residual_auc(rows, labels, cav.vector)
+        else:  # every position projected off the channel direction: what the later layers read
+            maps = torch.cat(held_maps)
+            cav.quality["residual_auc"] = residual_auc(maps, labels[:maps.shape[0]], cav.vector)
+        cav.fit_params["residual_space"] = "pooled" if read_pooled else "positions"
         for warning in (auc_warning(cav.quality), residual_warning(cav.quality)):
             if warning and rank == 0:
                 warnings.warn(warning, stacklevel=3)
     return cav
+
+
+def _model_reads_pooled(model: nn.Module, layer: str | None, choice: PoolingChoice | None, pooling: str,
+                        first: tuple | None) -> bool:
+    """Whether the later layers read the layer only through the CAV's own pooling (``mean`` before global average
+    pooling, ``cls`` when only the class token reaches the head): then the pooled space is the one to probe for
+    ``residual_auc``; else every position is."""
+    if pooling not in ("mean", "cls") or first is None:
+        return False
+    reads = choice if choice is not None else auto_pooling(model, layer, first[0])
+    return reads.pooling == pooling
 
 
 def _agreed_pooling(model: nn.Module, layer: str | None, first: tuple | None, world: int) -> PoolingChoice:

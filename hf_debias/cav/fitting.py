@@ -125,28 +125,41 @@ RESIDUAL_AUC_WARNING = 0.75
 
 RESIDUAL_PROBE_FOLDS = 3
 
+RESIDUAL_MAX_SAMPLES = 512
+"""At most this many held-out images keep their whole (unpooled) activation for ``residual_auc`` in ``compute_cav``."""
+
 
 def residual_auc(rows: torch.Tensor, concept_labels: object, directions: torch.Tensor) -> float | None:
     """How readable the concept stays once the CAV's direction(s) are projected out: the ROC AUC of a linear probe
     (logistic regression, L2, ``RESIDUAL_PROBE_FOLDS``-fold cross-validated predictions) on held-out activations
-    ``rows`` ``[N, D]`` with their component along ``directions`` (``[D]``, or ``[k, D]`` orthonormal rows)
-    removed. About 0.5: the direction captured what a linear read-out can use of the concept; near 1: the concept
-    is also encoded elsewhere (other directions, other positions), so removing or penalising this one direction
-    alone can leave a shortcut whole (INLP, Ravfogel et al. 2020; methods.md §6).
+    with their component along ``directions`` removed.
 
-    Returns ``None`` when fewer than ``RESIDUAL_PROBE_FOLDS`` samples of either concept value are given.
+    Args:
+        rows: ``[N, D]`` (pooled activations, or a spatial CAV's flattened map), or ``[N, P, C]``: the activation
+            at every position (channels last), each position projected off the channel direction(s) and the whole
+            map probed — the space the later layers read, where a direction that only captures the *pooled*
+            concept leaves it readable (on a ViT block: 1.000 after removing a mean-pooled CAV from every token).
+        concept_labels: 0/1 per row.
+        directions: ``[D]`` (``[C]`` for 3-D rows), or ``[k, D]`` rows spanning several directions.
+
+    About 0.5: no linear read-out of what is left tells the concept apart. For a signal CAV on the very rows it was
+    fitted in (pooled), that holds by construction (the class means then agree; LEACE), so the figure that informs
+    is the one on the unpooled positions (``compute_cav`` records that one) or for a filter CAV. Near 1: the concept
+    is also encoded elsewhere, so removing or penalising this one direction alone can leave a shortcut whole (INLP,
+    Ravfogel et al. 2020; methods.md §6). Returns ``None`` when fewer than ``RESIDUAL_PROBE_FOLDS`` samples of
+    either concept value are given.
     """
     from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import StratifiedKFold, cross_val_predict
     from sklearn.metrics import roc_auc_score
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
 
     rows = torch.as_tensor(rows).detach().double().cpu()
     labels = check_concept_labels(concept_labels, rows.shape[0], require_both=False).numpy()
     if min(int(labels.sum()), int((1 - labels).sum())) < RESIDUAL_PROBE_FOLDS:
         return None
-    basis = torch.as_tensor(directions).detach().double().cpu().reshape(-1, rows.shape[1])
+    basis = torch.as_tensor(directions).detach().double().cpu().reshape(-1, rows.shape[-1])
     basis = torch.linalg.qr(basis.T).Q.T  # orthonormal rows spanning the directions
-    projected = rows - (rows @ basis.T) @ basis
+    projected = (rows - (rows @ basis.T) @ basis).flatten(1)
     projected = projected - projected.mean(dim=0)
     scale = float(projected.std()) or 1.0
     probe = LogisticRegression(C=1.0, max_iter=2000)
@@ -181,7 +194,13 @@ def describe_auc(quality: dict[str, float]) -> str:
             return "no AUC: nothing held out (validation_fraction=0)"
         return f"no AUC: the held-out set has only one concept value ({counts})"
     warning = auc_warning(quality)
-    return f"auc={auc:.3f} on {counts}" + ("; too few to mean anything" if warning else "")
+    text = f"auc={auc:.3f} on {counts}" + ("; too few to mean anything" if warning else "")
+    residual = quality.get("residual_auc")
+    if residual is not None:
+        text += (f"; with the CAV projected out a linear probe still reads the concept at AUC {residual:.3f} "
+                 "(0.5: the direction holds all of it" + ("; one direction leaves the concept readable)"
+                                                          if residual >= RESIDUAL_AUC_WARNING else ")"))
+    return text
 
 
 def auc_warning(quality: dict[str, float]) -> str | None:

@@ -52,6 +52,14 @@ TCAV_NOTES = {
 }
 """What each TCAV metric on a card means; a card explains the ones it shows."""
 
+UNPROVEN_EVIDENCE_NOTE = (
+    "{evidence} measure the model's sensitivity along the bias CAV and where it looks; they do **not** show that "
+    "the shortcut is gone. On a vision transformer the TCAV sensitivity fell 88 % while a patch shortcut stayed "
+    "whole (hf_debias BENCHMARKS §4g). Check the model on images with the artifact: an attacked split (the same "
+    "images clean and with the artifact, reported as `clean_accuracy` / `attacked_accuracy`), or the artifact "
+    "pasted into clean images of other classes.")
+"""The card's statement when its only evidence of a correction is TCAV and / or R_bias (no shortcut check)."""
+
 
 @dataclass
 class ModelCardInfo:
@@ -317,6 +325,8 @@ def debias_model_card(config: DebiasConfig, *, repo_id: str, library: str, plain
     if parts:
         card_data.tags[3:3] = sorted({part["method"] for part in parts})
     cav_summary = _cav_summary(cav) if cav is not None else None
+    shortcut_checks = _shortcut_checks(info)
+    evidence_note = _unproven_evidence_note(bool(shown_tcav), bool(info.artifact_relevance), bool(shortcut_checks))
     notes = [] if parts else shown.card_notes() if callable(getattr(shown, "card_notes", None)) else []
     return ModelCard.from_template(
         card_data, template_path=str(TEMPLATES / "debias_model_card.md"),
@@ -330,7 +340,7 @@ def debias_model_card(config: DebiasConfig, *, repo_id: str, library: str, plain
         group_rows=_group_rows(info, info.class_names or contents.get("class_names")),
         has_baseline=bool(info.baseline_metrics), baseline_name=info.baseline_name,
         tcav_notes=[text for key, text in TCAV_NOTES.items() if key in shown_tcav],
-        shortcut_checks=_shortcut_checks(info), chart=CHART_NAME if info.report_chart else None,
+        shortcut_checks=shortcut_checks, evidence_note=evidence_note, chart=CHART_NAME if info.report_chart else None,
         heatmaps=HEATMAPS_NAME if info.heatmaps else None,
         artifact_relevance=[(name, f"{value:.3f}") for name, value in info.artifact_relevance.items()],
         artifact_relevance_note=info.artifact_relevance_note,
@@ -341,6 +351,15 @@ def debias_model_card(config: DebiasConfig, *, repo_id: str, library: str, plain
 
 def _hyperparameters(config: DebiasConfig) -> list[tuple[str, Any]]:
     return [(key, value) for key, value in sorted(config.to_dict().items()) if key not in _BOOKKEEPING]
+
+
+def _unproven_evidence_note(has_tcav: bool, has_relevance: bool, has_shortcut_check: bool) -> str | None:
+    """``UNPROVEN_EVIDENCE_NOTE`` naming what was measured, when that is TCAV and / or R_bias without a shortcut
+    check; ``None`` otherwise."""
+    if has_shortcut_check or not (has_tcav or has_relevance):
+        return None
+    evidence = " and ".join(name for name, shown in (("TCAV", has_tcav), ("R_bias", has_relevance)) if shown)
+    return UNPROVEN_EVIDENCE_NOTE.format(evidence=f"The only evidence of the correction here is {evidence}: these")
 
 
 def _cav_summary(cav: CAV) -> dict[str, Any]:
