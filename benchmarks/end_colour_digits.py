@@ -121,7 +121,7 @@ def pseudo_config(args, seed: int) -> PseudoLabelConfig:
 def train_and_score(data, seed: int, args, end: EnDConfig | None, splits: tuple[str, ...],
                     pseudo: bool = False) -> dict[str, dict]:
     torch.manual_seed(seed)
-    model = timm.create_model(args.model, num_classes=10)
+    model = timm.create_model(args.model, num_classes=10, **args.model_kwargs)
     images, labels, bias_labels = data["train"]
     pseudo_record = None
     if pseudo:  # the auxiliary model is a copy of this very initialisation; the true colours only score it
@@ -193,7 +193,7 @@ def run(args) -> dict:
                 continue
             scores = []
             for alpha, beta in grid:
-                config = EnDConfig(alpha=alpha, beta=beta, normalize_forward=form)
+                config = EnDConfig(alpha=alpha, beta=beta, normalize_forward=form, layer=args.layer)
                 score = train_and_score(selection_data, args.selection_seed, args, config, ("validation",))
                 scores.append({"alpha": alpha, "beta": beta,
                                "val_unbiased": score["validation"]["unbiased_accuracy"]})
@@ -204,11 +204,12 @@ def run(args) -> dict:
             entry["selection"][SELECTION_KEY[form]] = {"grid": scores, "chosen": best}
 
         configs = {"vanilla": None, **{METHOD_OF[form]: EnDConfig(
-            alpha=best["alpha"], beta=best["beta"], normalize_forward=form) for form, best in chosen.items()}}
+            alpha=best["alpha"], beta=best["beta"], normalize_forward=form, layer=args.layer)
+            for form, best in chosen.items()}}
         if PSEUDO in args.methods:
             entry["pseudo_form"] = args.pseudo_form
             configs[PSEUDO] = EnDConfig(alpha=chosen[args.pseudo_form]["alpha"], beta=chosen[args.pseudo_form]["beta"],
-                                        normalize_forward=args.pseudo_form)
+                                        normalize_forward=args.pseudo_form, layer=args.layer)
         runs = entry["runs"] = {name: [] for name in args.methods}
         for seed in args.seeds:
             data = selection_data if args.selection_from is not None and seed == args.seeds[0] else \
@@ -365,6 +366,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--batch-size", type=int, default=256, help="training batch size")
     parser.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
     parser.add_argument("--model", default="simple_convnet", help="timm model name (pretrained=False)")
+    parser.add_argument("--model-kwargs", type=json.loads, default={}, metavar="JSON",
+                        help='timm.create_model keyword arguments, e.g. \'{"img_size": 16, "patch_size": 4}\' for a ViT')
+    parser.add_argument("--layer", default=None, help="EnD's bottleneck (default: the classifier's input)")
     parser.add_argument("--n-train", type=int, default=60_000, help="training images")
     parser.add_argument("--n-validation", type=int, default=10_000, help="validation images")
     parser.add_argument("--n-test", type=int, default=10_000, help="images in each test split")

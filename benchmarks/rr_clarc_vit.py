@@ -21,7 +21,7 @@ is projected out, ``cav.quality``). Then, side by side in one process: the step 
 
     python benchmarks/rr_clarc_vit.py                                   # 4 artifacts x classes 0, 3 x 3 seeds
     python benchmarks/rr_clarc_vit.py --artifacts patch --classes 0 --seeds 0   # ~6 min on 2 cores
-    python benchmarks/rr_clarc_vit.py --quick                           # smoke run (~1 min), used by the tests
+    python benchmarks/rr_clarc_vit.py --quick                           # smoke run (~20 s), used by the tests
 """
 
 from __future__ import annotations
@@ -74,8 +74,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--patch-size", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.quick:
-        args.seeds, args.n_train, args.n_test, args.epochs = [0], 1500, 300, 1.0
-        args.finetune_epochs, args.timing_steps = 0.3, 3
+        args.seeds, args.n_train, args.n_test, args.epochs = [0], 600, 100, 0.5
+        args.finetune_epochs, args.timing_steps = 0.2, 3
     args.artifacts = args.artifacts or (["patch"] if args.quick else list(ARTIFACTS))
     args.classes = args.classes if args.classes is not None else ([0] if args.quick else [0, 3])
     return args

@@ -352,6 +352,29 @@ def test_rr_clarc_benchmark_quick_mode(tmp_path):
     assert "Step time: RRR" in table
 
 
+def test_rr_clarc_vit_benchmark_quick_mode(tmp_path):
+    results = load_benchmark("rr_clarc_vit").main(["--quick", "--output", str(tmp_path / "vit.json")])
+    [combination] = results["combinations"]
+    rows = combination["per_seed"][0]["rows"]
+    assert set(rows) == {"vanilla", "no-shortcut reference", "λ=0 control", "P-ClArC", "A-ClArC", "RR-ClArC", "RRR",
+                         "paper recipe (blocks.2 mean, gradient)", "blocks.2 mean, finite difference"}
+    assert rows["RR-ClArC"]["penalty_form"] == "finite_difference"  # resolved by the model: the token recipe
+    assert rows["paper recipe (blocks.2 mean, gradient)"]["penalty_form"] == "gradient"
+    cavs = combination["per_seed"][0]["cavs"]
+    assert cavs["token recipe"]["layer"] == "patch_embed" and cavs["token recipe"]["pooling"].startswith("none")
+    assert all(0.0 <= row["attacked_accuracy"] <= 1.0 for row in rows.values())
+    assert all(value > 0 for value in results["step_time"].values())
+    table = (tmp_path / "vit.md").read_text()
+    assert "| patch | 0 | RR-ClArC | 1 |" in table and "Step time" in table and "residual AUC" in table
+
+
+def test_rr_clarc_vit_probes_quick_mode(tmp_path):
+    results = load_benchmark("rr_clarc_vit_probes").main(["--quick", "--output", str(tmp_path / "probes.json")])
+    assert len(results["rows"]) == 11 and results["rows"][0]["probe"] == "vanilla"
+    assert set(results["cavs"]) == {"blocks.2 mean", "blocks.2 spatial", "patch_embed spatial"}
+    assert "| P-ClArC | patch_embed spatial |" in (tmp_path / "probes.md").read_text()
+
+
 def test_rr_clarc_probes_quick_mode(tmp_path):
     results = load_benchmark("rr_clarc_probes").main(["--quick", "--output", str(tmp_path / "probes.json")])
     assert set(results["rows"]) == {"vanilla", "pooled@stages.3 λ=1000", "subspace-4 λ=1000",

@@ -244,3 +244,14 @@ def test_compute_cav_records_the_residual_auc_and_it_survives_a_save(tmp_path):
     assert cav.quality["residual_auc"] is not None and 0.0 <= cav.quality["residual_auc"] <= 1.0
     cav.save_pretrained(tmp_path / "cav")
     assert CAV.from_pretrained(tmp_path / "cav").quality["residual_auc"] == pytest.approx(cav.quality["residual_auc"])
+
+
+def test_the_run_report_uses_the_cards_rule_for_unproven_evidence():
+    from hf_debias.hub.cards import unproven_evidence_note
+
+    assert unproven_evidence_note({"validation": {"accuracy": 0.8, "tcav_score": 0.5}}).startswith(
+        "The only evidence of the correction here is TCAV")
+    assert "R_bias" in unproven_evidence_note({"validation": {"accuracy": 0.8}}, has_relevance=True)
+    checked = {"test_clean": {"accuracy": 0.8, "tcav_score": 0.5}, "test_attacked": {"accuracy": 0.79}}
+    assert unproven_evidence_note(checked, has_relevance=True) is None  # an attacked split is a shortcut check
+    assert unproven_evidence_note({"validation": {"accuracy": 0.8}}) is None  # nothing was claimed

@@ -423,6 +423,7 @@ def summarise(trainer: DebiasTrainer, metrics: dict[str, float], data: TrainingD
     ``relevance`` holds the heatmaps' results) and write ``report.json`` / ``report.png`` into the output folder;
     returns the PNG's path (None without eval splits)."""
     from ..metrics.group import groups_from_metrics
+    from ..hub.cards import unproven_evidence_note
     from ..report import GROUP_METRICS, format_group_table, format_table, write_report
 
     args = trainer.args
@@ -454,17 +455,21 @@ def summarise(trainer: DebiasTrainer, metrics: dict[str, float], data: TrainingD
         warnings.warn(f"--baseline_results {args.baseline_results!r} has the splits {sorted(baseline)}, this run "
                       f"evaluated {names}: the report shows no before/after comparison.", stacklevel=2)
     title = f"{run} on {Path(data_args.dataset).name or data_args.dataset}"
+    evidence = unproven_evidence_note(per_split, bool(relevance and relevance["artifact_relevance"]))
     json_path, png_path = write_report(args.output_dir, panels=panels, title=title, metrics=GROUP_METRICS, details={
         "model": model_args.model_name_or_path, "debias": args.debias, "dataset": data_args.dataset,
         "train_samples": len(data.train), "eval_samples": {name: len(data.evaluation[name]) for name in names},
         "class_names": data.class_names, "bias_column": data.bias_source, "bias_names": data.bias_names,
         "groups": groups,
         "baseline_results": args.baseline_results,
+        "evidence_note": evidence,
         **({"heatmaps": relevance["details"]} if relevance else {})})
     if relevance and relevance["artifact_relevance"]:
         lines.append("\nArtifact relevance R_bias (share of the attribution inside the artifact mask; lower: the "
                      f"model looks less at it), {relevance['note']}:")
         lines += [f"  {name}: {value:.3f}" for name, value in relevance["artifact_relevance"].items()]
+    if evidence:
+        lines.append("\n" + evidence.replace("**", ""))
     lines.append(f"\nReport: {json_path} and {png_path}" + (
         f"; heatmaps: {relevance['heatmaps']}" if relevance else ""))
     print("\n".join(lines))

@@ -353,6 +353,14 @@ def _hyperparameters(config: DebiasConfig) -> list[tuple[str, Any]]:
     return [(key, value) for key, value in sorted(config.to_dict().items()) if key not in _BOOKKEEPING]
 
 
+def unproven_evidence_note(metrics: Mapping[str, Mapping[str, Any]], has_relevance: bool = False) -> str | None:
+    """What a card or a run's report must say when its only evidence of a correction is TCAV (a ``tcav_*`` metric
+    in ``metrics``, ``{split: {metric: value}}``) and / or R_bias (``has_relevance``) with no shortcut check (no
+    split with clean and attacked accuracy); ``None`` when there is a shortcut check or neither figure."""
+    has_tcav = any(key in TCAV_NOTES for values in metrics.values() for key in values)
+    return _unproven_evidence_note(has_tcav, has_relevance, bool(_clean_and_attacked(metrics)))
+
+
 def _unproven_evidence_note(has_tcav: bool, has_relevance: bool, has_shortcut_check: bool) -> str | None:
     """``UNPROVEN_EVIDENCE_NOTE`` naming what was measured, when that is TCAV and / or R_bias without a shortcut
     check; ``None`` otherwise."""
