@@ -22,6 +22,11 @@ is projected out, ``cav.quality``). Then, side by side in one process: the step 
     python benchmarks/rr_clarc_vit.py                                   # 4 artifacts x classes 0, 3 x 3 seeds
     python benchmarks/rr_clarc_vit.py --artifacts patch --classes 0 --seeds 0   # ~6 min on 2 cores
     python benchmarks/rr_clarc_vit.py --quick                           # smoke run (~20 s), used by the tests
+
+Runs for different seeds / classes are independent and can run as separate processes, then be merged into one table
+(seeds of the same artifact and class side by side; the step time of the first file that has one):
+
+    python benchmarks/rr_clarc_vit.py --merge part1.json part2.json ... --output all.json
 """
 
 from __future__ import annotations
@@ -72,6 +77,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--finetune-epochs", type=float, default=1.0)
     parser.add_argument("--timing-steps", type=int, default=30)
     parser.add_argument("--patch-size", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--merge", type=Path, nargs="+", metavar="JSON", help="merge earlier runs' results and exit")
     args = parser.parse_args(argv)
     if args.quick:
         args.seeds, args.n_train, args.n_test, args.epochs = [0], 600, 100, 0.5
@@ -183,9 +189,34 @@ def markdown(combinations: list[dict], timing: dict | None) -> str:
     return "\n".join(lines) + "\n"
 
 
+def merge(paths: list[Path]) -> tuple[list[dict], dict | None]:
+    """The combinations of several result files, seeds of one (artifact, class) joined, in first-seen order."""
+    import json
+
+    combinations: dict[tuple[str, int], dict] = {}
+    timing = None
+    for path in paths:
+        data = json.loads(path.read_text())
+        timing = timing or data.get("step_time")
+        for combination in data["combinations"]:
+            key = (combination["artifact"], combination["target_class"])
+            entry = combinations.setdefault(key, {"artifact": key[0], "target_class": key[1], "per_seed": []})
+            entry["per_seed"] += combination["per_seed"]
+    return list(combinations.values()), timing
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
     results = header(args)
+    if args.merge:
+        combinations, timing = merge(args.merge)
+        results.update({"combinations": combinations, "step_time": timing,
+                        "merged_from": [str(path) for path in args.merge]})
+        table = markdown(combinations, timing)
+        print(table)
+        write_json(args.output, results)
+        args.output.with_suffix(".md").write_text(table)
+        return results
     started = time.time()
     references: dict = {}
     combinations, last = [], None

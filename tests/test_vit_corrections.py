@@ -255,3 +255,22 @@ def test_the_run_report_uses_the_cards_rule_for_unproven_evidence():
     checked = {"test_clean": {"accuracy": 0.8, "tcav_score": 0.5}, "test_attacked": {"accuracy": 0.79}}
     assert unproven_evidence_note(checked, has_relevance=True) is None  # an attacked split is a shortcut check
     assert unproven_evidence_note({"validation": {"accuracy": 0.8}}) is None  # nothing was claimed
+
+
+def test_two_finite_difference_parts_compose_each_with_its_own_penalty():
+    model = timm_vit()
+    images, concept = concept_images()
+    first = compute_cav(model, None, (images, concept), progress=False, validation_fraction=0.0)
+    other = images.clone()
+    other[: len(images) // 2, :, -4:, -4:] = -3.0  # a second artifact in the opposite corner
+    second = compute_cav(model, None, (other, concept), progress=False, validation_fraction=0.0)
+    labels = torch.zeros(6, dtype=torch.long)
+    alone = []
+    for cav in (first, second):
+        wrapped = get_debias_model(copy.deepcopy(model), RRClArCConfig(cav=cav, gradient_target="all_logits"))
+        alone.append(float(wrapped.train()(images[:6], labels=labels).penalty))
+    composed = get_debias_model(copy.deepcopy(model), [RRClArCConfig(cav=first, gradient_target="all_logits"),
+                                                       RRClArCConfig(cav=second, gradient_target="all_logits")])
+    out = composed.train()(images[:6], labels=labels)
+    parts = sorted(float(value) for key, value in out.penalty_terms.items() if key.endswith("rrclarc_penalty"))
+    assert parts == pytest.approx(sorted(alone), rel=1e-4)  # neither part's passes leak into the other's

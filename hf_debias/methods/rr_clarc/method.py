@@ -82,7 +82,7 @@ class RRClArC(CAVMethod):
         return self.config.penalty_form == "finite_difference"
 
     def _capture_inputs(self, module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
-        if self._replacement is None and self.active:
+        if self._replacement is None and self._inputs is None and self.active:
             self._inputs = (args, kwargs)
 
     def _differentiable(self, activation: torch.Tensor) -> torch.Tensor:
@@ -93,7 +93,9 @@ class RRClArC(CAVMethod):
                                    "the model's forward must not depend on anything but its inputs.")
             return self._replacement
         self.check_channels(activation)
-        if not self.active:
+        if not self.active or self._latent is not None:
+            # the first activation of a forward is the one penalised; later ones (another part's finite-difference
+            # passes in a composition, a checkpointed recomputation) pass through untouched
             return activation
         if not activation.requires_grad:  # frozen up to here: differentiate with respect to a fresh leaf
             activation = activation.detach().requires_grad_(True)
