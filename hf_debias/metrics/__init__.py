@@ -1,5 +1,5 @@
 """Group metrics (worst-group, unbiased, bias-aligned / conflicting accuracy) and the controlled-artifact metrics
-(clean vs attacked accuracy, TCAV, CAV alignment, artifact relevance), as functions and as offline ``evaluate``
+(clean vs attacked accuracy, TCAV, CAV alignment, artifact relevance, the artifact transplant check), as functions and as offline ``evaluate``
 modules."""
 
 from pathlib import Path
@@ -7,6 +7,7 @@ from pathlib import Path
 from .artifact import artifact_accuracy, cav_alignment, directional_derivatives, model_artifact_accuracy, tcav
 from .artifact_relevance import artifact_relevance, process_artifact_masks
 from .group import ALIGNED_IDENTITY, group_accuracy, groups_from_metrics, infer_aligned_bias
+from .transplant import artifact_transplant_check, transplant_artifact
 
 _HERE = Path(__file__).parent
 GROUP_ACCURACY_MODULE = str(_HERE / "group_accuracy")
@@ -29,6 +30,7 @@ def load_group_accuracy(**kwargs):
 
 
 __all__ = ["ALIGNED_IDENTITY", "ARTIFACT_ACCURACY_MODULE", "ARTIFACT_RELEVANCE_MODULE", "CAV_ALIGNMENT_MODULE",
-           "GROUP_ACCURACY_MODULE", "TCAV_MODULE", "artifact_accuracy", "artifact_relevance", "cav_alignment",
+           "GROUP_ACCURACY_MODULE", "TCAV_MODULE", "artifact_accuracy", "artifact_relevance",
+           "artifact_transplant_check", "cav_alignment",
            "directional_derivatives", "group_accuracy", "groups_from_metrics", "infer_aligned_bias",
-           "load_group_accuracy", "model_artifact_accuracy", "process_artifact_masks", "tcav"]
+           "load_group_accuracy", "model_artifact_accuracy", "process_artifact_masks", "tcav", "transplant_artifact"]
