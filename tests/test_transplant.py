@@ -93,3 +93,23 @@ def test_the_validation_benchmark_quick_mode(tmp_path):
     for row in results["rows"]:  # the transplant ran on validation digits: its own clean accuracy, its own count
         assert row["transplant_num_images"] == 200 and 0.0 <= row["transplanted_accuracy"] <= 1.0
     assert "| patch | vanilla | 1 |" in (tmp_path / "t.md").read_text()
+
+
+def test_a_transplant_result_is_the_cards_shortcut_check():
+    from hf_debias import CAV, ModelCardInfo, RRClArCConfig
+    from hf_debias.hub.cards import debias_model_card
+
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randn(40, 3, 8, 8, generator=generator) * 0.1 + torch.where(
+        torch.arange(40) % 2 == 0, 1.0, -1.0)[:, None, None, None]
+    labels = np.where(np.arange(40) % 2 == 0, 1, 2)
+    donors, masks = donors_with_patch()
+    before = artifact_transplant_check(CornerShortcut(), images, labels, donors, masks, target_class=0)
+    after = artifact_transplant_check(IgnoresCorner(), images, labels, donors, masks, target_class=0)
+    cav = CAV(torch.ones(8), concept="patch", layer="layer2", concept_mean=1.0, clean_mean=0.0)
+    info = ModelCardInfo(metrics={"validation": {**after, "tcav_score": 0.5}},
+                         baseline_metrics={"validation": before})
+    text = debias_model_card(RRClArCConfig(cav=cav), repo_id="org/m", library="timm", plain_loading=True,
+                             info=info).text
+    assert "| validation | 100.0 % | 100.0 % | 0.0 pts | 100.0 % / 0.0 % (100.0 pts) |" in text
+    assert "do **not** show that the shortcut is gone" not in text  # a shortcut check was recorded

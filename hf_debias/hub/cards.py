@@ -226,12 +226,14 @@ def _group_rows(info: ModelCardInfo, class_names: Sequence[str] | None) -> list[
 
 
 def _clean_and_attacked(metrics: Mapping[str, Mapping[str, Any]]) -> dict[str, tuple[float, float]]:
-    """``{split: (clean accuracy, attacked accuracy)}``: a split's ``clean_accuracy`` and ``attacked_accuracy``, or
-    the ``accuracy`` of a ``<name>_clean`` and a ``<name>_attacked`` split (shown as ``<name>``; splits named just
-    ``clean`` and ``attacked`` as ``clean / attacked``)."""
+    """``{split: (clean accuracy, attacked accuracy)}``: a split's ``clean_accuracy`` and ``attacked_accuracy`` (or
+    ``transplanted_accuracy``: ``hf_debias.metrics.artifact_transplant_check``'s result, the artifact pasted into
+    the same images), or the ``accuracy`` of a ``<name>_clean`` and a ``<name>_attacked`` split (shown as
+    ``<name>``; splits named just ``clean`` and ``attacked`` as ``clean / attacked``)."""
     found = {}
     for split, values in metrics.items():
-        clean, attacked = values.get("clean_accuracy"), values.get("attacked_accuracy")
+        clean = values.get("clean_accuracy")
+        attacked = values.get("attacked_accuracy", values.get("transplanted_accuracy"))
         if _is_number(clean) and _is_number(attacked):
             found[split] = (float(clean), float(attacked))
     for split, values in metrics.items():
