@@ -37,6 +37,14 @@ def write_json(path: Path, results: dict) -> None:
     path.write_text(json.dumps(results, indent=2, default=str) + "\n")
 
 
+def write_results(path: Path, results: dict, table: str) -> dict:
+    """Print the Markdown ``table``, write ``results`` to ``path`` (JSON) and the table beside it (``.md``)."""
+    print("\n" + table)
+    write_json(path, results)
+    path.with_suffix(".md").write_text(table)
+    return results
+
+
 def median_step_ms(models: dict, x: torch.Tensor, y: torch.Tensor, *, steps: int, batch_size: int,
                    masks: torch.Tensor | None = None) -> dict[str, float]:
     """Median ms per training step (forward, backward, Adam) of each ``hf_debias`` wrapper in ``models``, in

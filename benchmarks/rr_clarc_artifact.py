@@ -49,7 +49,7 @@ import timm
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import add_common_arguments, header, median_step_ms, write_json  # noqa: E402
+from _common import add_common_arguments, header, median_step_ms, write_results  # noqa: E402
 from hf_debias import AClArCConfig, PClArCConfig, RRClArCConfig, RRRConfig, attribute, compute_cav, get_debias_model
 from hf_debias.cav import pool_activation
 from hf_debias.data import ARTIFACTS, ArtifactSpec, controlled_artifact_arrays, digit_arrays
@@ -203,13 +203,20 @@ def no_shortcut_reference(seed: int, args, cache: dict) -> torch.nn.Module:
     return reference
 
 
-def run_seed(seed: int, kind: str, target_class: int, args, references: dict) -> dict:
-    # The builder's validation split is not used (validation_pair holds its own digits) and is left out: its 10
-    # digits need not contain the target class. n_validation=10 keeps the train and test digits of earlier runs.
+def artifact_splits(seed: int, kind: str, target_class: int, args) -> dict[str, tuple]:
+    """The seed's digits with the artifact ``kind`` in ``target_class``: ``train``, ``test_clean`` and
+    ``test_attacked`` as ``tensors`` (images, labels, artifact flags, masks), ``args.n_train`` / ``args.n_test``.
+
+    The builder's validation split is not used (validation_pair holds its own digits) and is left out: its 10 digits
+    need not contain the target class. n_validation=10 keeps the train and test digits of earlier runs."""
     digits = digit_arrays(seed=seed, n_train=args.n_train, n_validation=10, n_test=args.n_test, **BUILTIN_DIGITS)
     arrays = controlled_artifact_arrays({"train": digits["train"], "test": digits["test"]}, seed=seed,
                                         artifact=artifact_spec(kind, args), target_class=target_class)
-    splits = {name: tensors(split) for name, split in arrays.items()}
+    return {name: tensors(split) for name, split in arrays.items()}
+
+
+def run_seed(seed: int, kind: str, target_class: int, args, references: dict) -> dict:
+    splits = artifact_splits(seed, kind, target_class, args)
     x, y, artifact, train_masks = splits["train"]
     tuned = FitConfig(epochs=args.finetune_epochs, lr=args.finetune_lr, batch_size=args.finetune_batch, seed=seed)
     name = f"{kind}, class {target_class}, seed {seed}"
@@ -423,10 +430,7 @@ def main(argv=None) -> dict:
     results.update({"combinations": combinations, "step_time": timing, "cav_throughput": throughput,
                     "seconds": time.time() - started})
     table = markdown(combinations, timing, throughput, len(args.seeds))
-    print("\n" + table)
-    write_json(args.output, results)
-    args.output.with_suffix(".md").write_text(table)
-    return results
+    return write_results(args.output, results, table)
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ import timm
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import add_common_arguments, header, median_step_ms, write_json  # noqa: E402
+from _common import add_common_arguments, header, median_step_ms, write_results  # noqa: E402
 from hf_debias import RRClArCConfig, compute_cav, get_debias_model
 from hf_debias.data import ARTIFACTS, ArtifactSpec, controlled_artifact_arrays, digit_arrays
 from hf_debias.data.artifacts import BUILTIN_DIGITS, artifact_names
@@ -209,10 +209,7 @@ def main(argv=None) -> dict:
                                  for seed in per_seed],
                     "seconds": time.time() - started})
     table = markdown(summary, names, args.artifacts, timing, len(args.seeds))
-    print("\n" + table)
-    write_json(args.output, results)
-    args.output.with_suffix(".md").write_text(table)
-    return results
+    return write_results(args.output, results, table)
 
 
 if __name__ == "__main__":

@@ -43,10 +43,10 @@ import timm
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import add_common_arguments, header, median_step_ms, write_json  # noqa: E402
-from rr_clarc_artifact import artifact_spec, tensors  # noqa: E402
+from _common import add_common_arguments, header, median_step_ms, write_json, write_results  # noqa: E402
+from rr_clarc_artifact import artifact_splits  # noqa: E402
 from hf_debias import AClArCConfig, PClArCConfig, RRClArCConfig, RRRConfig, compute_cav, get_debias_model
-from hf_debias.data import ARTIFACTS, controlled_artifact_arrays, digit_arrays
+from hf_debias.data import ARTIFACTS, digit_arrays
 from hf_debias.data.artifacts import BUILTIN_DIGITS
 from hf_debias.fit_loop import FitConfig, fit
 from hf_debias.metrics.artifact import directional_derivatives, model_artifact_accuracy, tcav
@@ -101,10 +101,7 @@ def cav_summary(cav) -> dict:
 
 
 def run_seed(seed: int, kind: str, target_class: int, args, references: dict) -> dict:
-    digits = digit_arrays(seed=seed, n_train=args.n_train, n_validation=10, n_test=args.n_test, **BUILTIN_DIGITS)
-    arrays = controlled_artifact_arrays({"train": digits["train"], "test": digits["test"]}, seed=seed,
-                                        artifact=artifact_spec(kind, args), target_class=target_class)
-    splits = {name: tensors(split) for name, split in arrays.items()}
+    splits = artifact_splits(seed, kind, target_class, args)
     x, y, artifact, masks = splits["train"]
     trained = FitConfig(epochs=args.epochs, batch_size=128, seed=seed)
     tuned = FitConfig(epochs=args.finetune_epochs, lr=1e-3, batch_size=64, seed=seed)
@@ -212,11 +209,7 @@ def main(argv=None) -> dict:
         combinations, timing = merge(args.merge)
         results.update({"combinations": combinations, "step_time": timing,
                         "merged_from": [str(path) for path in args.merge]})
-        table = markdown(combinations, timing)
-        print(table)
-        write_json(args.output, results)
-        args.output.with_suffix(".md").write_text(table)
-        return results
+        return write_results(args.output, results, markdown(combinations, timing))
     started = time.time()
     references: dict = {}
     combinations, last = [], None
@@ -235,10 +228,7 @@ def main(argv=None) -> dict:
                                                              batch_size=64).items()}
     results.update({"combinations": combinations, "step_time": timing, "seconds": time.time() - started})
     table = markdown(combinations, timing)
-    print("\n" + table)
-    write_json(args.output, results)
-    args.output.with_suffix(".md").write_text(table)
-    return results
+    return write_results(args.output, results, table)
 
 
 if __name__ == "__main__":

@@ -23,12 +23,11 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import add_common_arguments, header, write_json  # noqa: E402
-from rr_clarc_artifact import artifact_spec, tensors  # noqa: E402
+from _common import add_common_arguments, header, write_results  # noqa: E402
+from rr_clarc_artifact import artifact_splits  # noqa: E402
 from rr_clarc_vit import vit  # noqa: E402
 from hf_debias import AClArCConfig, PClArCConfig, RRClArCConfig, compute_cav, get_debias_model
-from hf_debias.data import ARTIFACTS, controlled_artifact_arrays, digit_arrays
-from hf_debias.data.artifacts import BUILTIN_DIGITS
+from hf_debias.data import ARTIFACTS
 from hf_debias.fit_loop import FitConfig, fit
 from hf_debias.metrics.artifact import model_artifact_accuracy
 
@@ -59,11 +58,8 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
     args.patch_size = None
     results = header(args)
-    n_train, n_test, epochs, tune_epochs = (600, 100, 0.5, 0.2) if args.quick else (20_000, 5_000, 4.0, 1.0)
-    digits = digit_arrays(seed=args.seed, n_train=n_train, n_validation=10, n_test=n_test, **BUILTIN_DIGITS)
-    arrays = controlled_artifact_arrays({"train": digits["train"], "test": digits["test"]}, seed=args.seed,
-                                        artifact=artifact_spec(args.artifact, args), target_class=args.target_class)
-    splits = {name: tensors(split) for name, split in arrays.items()}
+    args.n_train, args.n_test, epochs, tune_epochs = (600, 100, 0.5, 0.2) if args.quick else (20_000, 5_000, 4.0, 1.0)
+    splits = artifact_splits(args.seed, args.artifact, args.target_class, args)
     x, y, artifact, _ = splits["train"]
     torch.manual_seed(args.seed)
     vanilla = vit()
@@ -100,12 +96,8 @@ def main(argv=None) -> dict:
     lines += [f"| {name} | {cav.quality.get('auc', float('nan')):.3f} | "
               f"{cav.quality.get('residual_auc') or float('nan'):.3f} | {cav.fit_params.get('residual_space')} |"
               for name, cav in cavs.items()]
-    table = "\n".join(lines) + "\n"
-    print("\n" + table)
     results.update({"rows": rows, "cavs": {name: dict(cav.quality) for name, cav in cavs.items()}})
-    write_json(args.output, results)
-    args.output.with_suffix(".md").write_text(table)
-    return results
+    return write_results(args.output, results, "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

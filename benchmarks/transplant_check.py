@@ -28,7 +28,7 @@ import timm
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import add_common_arguments, header, write_json  # noqa: E402
+from _common import add_common_arguments, header, write_results  # noqa: E402
 from rr_clarc_artifact import artifact_spec, tensors  # noqa: E402
 from hf_debias import RRClArCConfig, compute_cav, get_debias_model
 from hf_debias.data import controlled_artifact_arrays, digit_arrays
@@ -102,12 +102,8 @@ def main(argv=None) -> dict:
     within = all(abs(row["transplanted_accuracy"] - row["attacked_accuracy"]) <= TOLERANCE for row in rows)
     lines.append(f"\nTransplanted accuracy within {100 * TOLERANCE:.0f} points of test_attacked for every model and "
                  f"seed: {'yes' if within else 'no'}.")
-    table = "\n".join(lines) + "\n"
-    print("\n" + table)
     results.update({"rows": rows, "within_tolerance": within})
-    write_json(args.output, results)
-    args.output.with_suffix(".md").write_text(table)
-    return results
+    return write_results(args.output, results, "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

@@ -39,6 +39,14 @@ def test_the_paste_copies_exactly_the_masked_region():
     assert torch.equal(again, pasted)  # the seed decides the donors
 
 
+def two_class_images():
+    """40 images of classes 1 (bright) and 2 (dark), which both models below classify right when clean."""
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randn(40, 3, 8, 8, generator=generator) * 0.1 + torch.where(
+        torch.arange(40) % 2 == 0, 1.0, -1.0)[:, None, None, None]
+    return images, np.where(np.arange(40) % 2 == 0, 1, 2)
+
+
 class CornerShortcut(nn.Module):
     """Predicts class 0 whenever the top-left corner is bright, else the class coded in the image's mean sign."""
 
@@ -58,10 +66,7 @@ class IgnoresCorner(CornerShortcut):
 
 
 def test_the_flip_rate_measures_the_shortcut():
-    generator = torch.Generator().manual_seed(0)
-    images = torch.randn(40, 3, 8, 8, generator=generator) * 0.1 + torch.where(
-        torch.arange(40) % 2 == 0, 1.0, -1.0)[:, None, None, None]
-    labels = np.where(np.arange(40) % 2 == 0, 1, 2)
+    images, labels = two_class_images()
     donors, masks = donors_with_patch()
     shortcut = artifact_transplant_check(CornerShortcut(), images, labels, donors, masks, target_class=0, repeats=2)
     assert shortcut["clean_accuracy"] == 1.0 and shortcut["transplanted_accuracy"] == 0.0
@@ -99,10 +104,7 @@ def test_a_transplant_result_is_the_cards_shortcut_check():
     from hf_debias import CAV, ModelCardInfo, RRClArCConfig
     from hf_debias.hub.cards import debias_model_card
 
-    generator = torch.Generator().manual_seed(0)
-    images = torch.randn(40, 3, 8, 8, generator=generator) * 0.1 + torch.where(
-        torch.arange(40) % 2 == 0, 1.0, -1.0)[:, None, None, None]
-    labels = np.where(np.arange(40) % 2 == 0, 1, 2)
+    images, labels = two_class_images()
     donors, masks = donors_with_patch()
     before = artifact_transplant_check(CornerShortcut(), images, labels, donors, masks, target_class=0)
     after = artifact_transplant_check(IgnoresCorner(), images, labels, donors, masks, target_class=0)
