@@ -112,6 +112,26 @@ def predict_keeping_head_mode(model, images: torch.Tensor, batch_size: int = 102
     return torch.cat(outputs).cpu().numpy()
 
 
+_GREY_PRETRAINED: dict[int, dict] = {}
+
+
+def grey_pretrained_state(model, seed: int, args) -> dict:
+    """The weights of ``model`` after ``--pretrain-grey-epochs`` on the seed's plain grey digits (the training base
+    digits of Colour-Digits with that seed: the same disjoint split, so no test digit is seen), standing in for a
+    backbone pretrained on other data that already reads shapes. Trained once per seed and reused."""
+    if seed not in _GREY_PRETRAINED:
+        from hf_debias.data import digit_arrays
+
+        grey, grey_labels = digit_arrays(seed=seed, n_train=args.n_train, n_validation=10, n_test=10,
+                                         image_size=args.image_size)["train"]
+        labels = torch.from_numpy(grey_labels)
+        fit(model, images_to_tensor(grey), labels, labels,
+            FitConfig(epochs=args.pretrain_grey_epochs, batch_size=args.batch_size, lr=args.lr, seed=seed,
+                      device=args.device), progress=args.progress, desc=f"grey pretraining seed {seed}")
+        _GREY_PRETRAINED[seed] = {key: value.detach().clone() for key, value in model.state_dict().items()}
+    return _GREY_PRETRAINED[seed]
+
+
 def pseudo_config(args, seed: int) -> PseudoLabelConfig:
     return PseudoLabelConfig(loss=args.pseudo_loss, q=args.pseudo_q, epochs=args.pseudo_epochs,
                              batch_size=args.batch_size, lr=args.lr, n_clusters=args.pseudo_clusters,
@@ -122,6 +142,8 @@ def train_and_score(data, seed: int, args, end: EnDConfig | None, splits: tuple[
                     pseudo: bool = False) -> dict[str, dict]:
     torch.manual_seed(seed)
     model = timm.create_model(args.model, num_classes=10, **args.model_kwargs)
+    if args.pretrain_grey_epochs:
+        model.load_state_dict(grey_pretrained_state(model, seed, args))
     images, labels, bias_labels = data["train"]
     pseudo_record = None
     if pseudo:  # the auxiliary model is a copy of this very initialisation; the true colours only score it
@@ -369,6 +391,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--model-kwargs", type=json.loads, default={}, metavar="JSON",
                         help='timm.create_model keyword arguments, e.g. \'{"img_size": 16, "patch_size": 4}\' for a ViT')
     parser.add_argument("--layer", default=None, help="EnD's bottleneck (default: the classifier's input)")
+    parser.add_argument("--pretrain-grey-epochs", type=float, default=0.0,
+                        help="first train every model this long on plain grey digits (a backbone that reads shapes, "
+                             "as a pretrained Hub model does), then on Colour-Digits")
     parser.add_argument("--n-train", type=int, default=60_000, help="training images")
     parser.add_argument("--n-validation", type=int, default=10_000, help="validation images")
     parser.add_argument("--n-test", type=int, default=10_000, help="images in each test split")
