@@ -200,7 +200,8 @@ def compute_cav(model: nn.Module, layer: str | None, data: Any, *, concept: str 
         else:  # every position projected off the channel direction: what the later layers read
             maps = torch.cat(held_maps)
             cav.quality["residual_auc"] = residual_auc(maps, labels[:maps.shape[0]], cav.vector)
-        cav.fit_params["residual_space"] = "pooled" if read_pooled else "positions"
+        # a spatial CAV's rows are every position already
+        cav.fit_params["residual_space"] = "positions" if pooling == SPATIAL or not read_pooled else "pooled"
         for warning in (auc_warning(cav.quality), residual_warning(cav.quality)):
             if warning and rank == 0:
                 warnings.warn(warning, stacklevel=3)
