@@ -274,3 +274,14 @@ def test_two_finite_difference_parts_compose_each_with_its_own_penalty():
     out = composed.train()(images[:6], labels=labels)
     parts = sorted(float(value) for key, value in out.penalty_terms.items() if key.endswith("rrclarc_penalty"))
     assert parts == pytest.approx(sorted(alone), rel=1e-4)  # neither part's passes leak into the other's
+
+
+def test_end_warns_about_a_large_alpha_on_a_vit_only():
+    from hf_debias import EnDConfig
+
+    with pytest.warns(UserWarning, match=r"alpha=10 on a vision transformer.*74\.6 % at alpha=1"):
+        get_debias_model(timm_vit(), EnDConfig(alpha=10.0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        get_debias_model(timm_vit(), EnDConfig(alpha=1.0))
+        get_debias_model(timm.create_model("test_resnet", pretrained=False, num_classes=3), EnDConfig(alpha=10.0))

@@ -13,6 +13,7 @@ from ...distributed import gather, gather_with_grad, is_distributed
 from ...functional.end import end_terms
 from ...hooks import LayerHook
 from ...layers import LayerRef, find_classifier, resolve_layer
+from ...token_models import is_token_model
 from ..base import DebiasMethod, Penalty
 from .config import EnDConfig
 from .portable import ZeroFrozenBias, head_linear, portable_form_problem
@@ -46,6 +47,10 @@ def resolve_normalize_forward(model: nn.Module, ref: LayerRef, requested: str | 
     return "always"
 
 
+TOKEN_MODEL_ALPHA = 1.0
+"""Above this alpha EnD warns on a vision transformer (measured: alpha 10 took a ViT's class structure apart)."""
+
+
 class EnD(DebiasMethod):
     """Adds ``alpha * r_ortho + beta * r_par`` computed on the bottleneck activation of the current batch.
 
@@ -71,6 +76,12 @@ class EnD(DebiasMethod):
             self._explicit = config.normalize_forward == "train"
         transform = {"always": l2_normalize_per_sample, "train": self._normalize_in_training, "never": None}[form]
         self.hook = LayerHook(self.layer, transform=transform)
+        if is_token_model(model) and config.alpha > TOKEN_MODEL_ALPHA:
+            warnings.warn(
+                f"EnD alpha={config.alpha:g} on a vision transformer: on Colour-Digits (rho 0.99) a ViT that reads "
+                "shapes fell from 63.7 % to 16-19 % unbiased accuracy at alpha=10 and rose to 74.6 % at alpha=1 "
+                f"(BENCHMARKS.md §1e, one seed). Start at alpha <= {TOKEN_MODEL_ALPHA:g} and choose it on a "
+                "validation split (`hf-debias sweep`).", stacklevel=4)
 
     def _normalize_in_training(self, tensor: torch.Tensor) -> torch.Tensor:
         return l2_normalize_per_sample(tensor) if self.layer.module.training else tensor
