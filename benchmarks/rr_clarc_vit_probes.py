@@ -31,6 +31,9 @@ from hf_debias.data import ARTIFACTS
 from hf_debias.fit_loop import FitConfig, fit
 from hf_debias.metrics.artifact import model_artifact_accuracy
 
+QUICK_PROBES = 4
+"""``--quick`` runs the first probes only (one of each kind: gradient at both layers, P-ClArC)."""
+
 CAVS = {"blocks.2 mean": ("blocks.2", "mean"), "blocks.2 spatial": ("blocks.2", "none"),
         "patch_embed spatial": ("patch_embed", "none")}
 PROBES = [
@@ -77,7 +80,7 @@ def main(argv=None) -> dict:
             cavs[name] = compute_cav(vanilla, layer, (x[target], artifact[target]), pooling=pooling, progress=False,
                                      validation_fraction=0.3)
     rows = [{"probe": "vanilla", **accuracy(vanilla)}]
-    for probe, cav_name, method, keywords in PROBES:
+    for probe, cav_name, method, keywords in PROBES[:QUICK_PROBES] if args.quick else PROBES:
         cav = cavs[cav_name]
         config = {"rr": RRClArCConfig, "pclarc": PClArCConfig, "aclarc": AClArCConfig}[method](cav=cav, **keywords)
         started = time.time()

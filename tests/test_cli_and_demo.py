@@ -369,8 +369,9 @@ def test_rr_clarc_vit_benchmark_quick_mode(tmp_path):
 
 
 def test_rr_clarc_vit_probes_quick_mode(tmp_path):
-    results = load_benchmark("rr_clarc_vit_probes").main(["--quick", "--output", str(tmp_path / "probes.json")])
-    assert len(results["rows"]) == 11 and results["rows"][0]["probe"] == "vanilla"
+    module = load_benchmark("rr_clarc_vit_probes")
+    results = module.main(["--quick", "--output", str(tmp_path / "probes.json")])
+    assert len(results["rows"]) == 1 + module.QUICK_PROBES and results["rows"][0]["probe"] == "vanilla"
     assert set(results["cavs"]) == {"blocks.2 mean", "blocks.2 spatial", "patch_embed spatial"}
     assert "| P-ClArC | patch_embed spatial |" in (tmp_path / "probes.md").read_text()
 
