@@ -25,7 +25,7 @@ from .._validation import check_choice
 from ..config import read_json_object
 from .fitting import (CAV_METHODS, ConceptStatistics, auc_warning, check_concept_labels, fit_direction, held_out_auc,
                       residual_auc, residual_warning)
-from .pooling import POOLINGS, SPATIAL
+from .pooling import POOLINGS, SPATIAL, pool_activation, shift_along
 
 CAV_WEIGHTS_NAME = "cav.safetensors"
 CAV_CONFIG_NAME = "cav_config.json"
@@ -169,6 +169,12 @@ class CAV:
             raise ValueError(f"The spatial CAV spans {self.num_positions} positions x {self.num_channels} channels "
                              f"({self.vector.numel()} values) but the activations have {pooled.shape[-1]}.")
         return pooled.float() @ self.vector.to(pooled.device)
+
+    def shift_to(self, activation: torch.Tensor, target: float | torch.Tensor) -> torch.Tensor:
+        """Move each sample's (unpooled) activation along the CAV so that its pooled projection ``h · pool(a)``
+        equals ``target`` (ClArC's move: to the clean mean μ⁻ or the concept mean μ⁺); see ``shift_along``."""
+        projection = self.project(pool_activation(activation, self.pooling))
+        return shift_along(activation, self.direction().to(activation.device), target - projection)
 
     def evaluate(self, activations: torch.Tensor, concept_labels: object) -> float | None:
         """Concept-detection ROC AUC of ``h · a`` on (held-out) pooled activations ``[N, C]``.

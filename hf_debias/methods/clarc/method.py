@@ -5,7 +5,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ...cav import pool_activation, shift_along
 from ...freezing import FrozenParameters
 from ...hooks import LayerHook
 from ..base import Penalty
@@ -37,9 +36,7 @@ class _ShiftMethod(CAVMethod):
         self.check_channels(activation)
         if not self.shifts():
             return activation
-        direction = self.cav.direction().to(activation.device)
-        projection = pool_activation(activation, self.cav.pooling).float() @ self.cav.vector.to(activation.device)
-        return shift_along(activation, direction, self.target - projection)
+        return self.cav.shift_to(activation, self.target)
 
     def begin_forward(self) -> None:
         self.hook.reset()

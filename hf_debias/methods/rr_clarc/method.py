@@ -13,7 +13,7 @@ from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ...freezing import FrozenParameters
-from ...cav.pooling import pool_activation, pooling_from_gradient, shift_along
+from ...cav.pooling import pooling_from_gradient
 from ...functional.rr_clarc import (channels_last, finite_difference_penalty, gradient_target_output,
                                     latent_gradient_depends_on_input, rr_clarc_penalty)
 from ...hooks import LayerHook
@@ -40,7 +40,7 @@ class RRClArC(CAVMethod):
 
     Finite-difference form: after the training forward the model runs twice more on the same inputs with the
     layer's activation replaced by the captured one moved along the CAV to the concept mean and to the clean mean
-    (``shift_along``, as P-/A-ClArC move it). Those two passes keep gradients (the penalty trains the layers after
+    (``CAV.shift_to``, as P-/A-ClArC move it). Those two passes keep gradients (the penalty trains the layers after
     the correction point, and those before it through the captured activation) but read BatchNorm's running
     statistics without updating them, so the shifted activations never enter the model's statistics.
     """
@@ -149,12 +149,10 @@ class RRClArC(CAVMethod):
             raise RuntimeError("The finite-difference penalty needs the inputs of the training forward pass, which "
                                "did not go through the wrapped model.")
         args, kwargs = self._inputs
-        direction = self.cav.direction()
-        projection = pool_activation(latent, self.cav.pooling).float() @ self.cav.vector.to(latent.device)
         outputs = []
         with _batch_norm_statistics_frozen(self.model):
             for target_mean in (self.cav.concept_mean, self.cav.clean_mean):
-                self._replacement = shift_along(latent, direction, target_mean - projection)
+                self._replacement = self.cav.shift_to(latent, target_mean)
                 try:
                     outputs.append(logits_of(self.model(*args, **kwargs)))
                 finally:
