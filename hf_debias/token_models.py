@@ -51,7 +51,7 @@ def is_token_model(model: nn.Module) -> bool:
     if _transformers_token_model(model):
         return True
     return any(name.rsplit(".", 1)[-1] == TIMM_PATCH_EMBEDDING and hasattr(module, "proj")
-               and "swin" not in type(module).__module__.lower() for name, module in model.named_modules()) \
+               for name, module in model.named_modules()) \
         and _has_attention(model) and not any("Swin" in type(module).__name__ for module in model.modules())
 
 

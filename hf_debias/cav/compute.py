@@ -19,14 +19,14 @@ from tqdm.auto import tqdm
 
 from .._validation import check_choice
 from ..distributed import all_reduce_max, all_reduce_sum, gather, is_distributed
+from ..functional.rr_clarc import channels_last
 from ..hooks import LayerHook, StopForward
 from ..layers import resolve_layer
 from ..loading import model_device, model_identity
 from ..token_models import patch_embedding_layer
 from .cav import CAV
-from .fitting import (CAV_METHODS, STREAMING_METHODS, ConceptStatistics, auc_warning, check_concept_labels,
-                      RESIDUAL_MAX_SAMPLES, held_out_auc, residual_auc, residual_warning)
-from ..functional.rr_clarc import channels_last
+from .fitting import (CAV_METHODS, RESIDUAL_MAX_SAMPLES, STREAMING_METHODS, ConceptStatistics, auc_warning,
+                      check_concept_labels, held_out_auc, residual_auc, residual_warning)
 from .pooling import (AUTO, POOLING_CHOICES, POOLINGS, SPATIAL, PoolingChoice, auto_pooling, pool_activation,
                       spatial_shape_of)
 
@@ -121,6 +121,7 @@ def compute_cav(model: nn.Module, layer: str | None, data: Any, *, concept: str 
     held_rows: list[torch.Tensor] = []
     held_labels: list[torch.Tensor] = []
     held_maps: list[torch.Tensor] = []  # the first held-out images' whole activations, for residual_auc
+    kept_maps = 0
     every = round(1 / validation_fraction) if validation_fraction > 0 else 0
     seen = held = 0
     spatial_shape = None
@@ -150,9 +151,10 @@ def compute_cav(model: nn.Module, layer: str | None, data: Any, *, concept: str 
             if take.any():
                 held_rows.append(pooled[take])
                 held_labels.append(labels[take])
-                if pooling != SPATIAL and hook.activation.dim() > 2:
-                    held_maps.append(channels_last(hook.activation[take.to(hook.activation.device)]).float().cpu()
-                                     [:max(0, RESIDUAL_MAX_SAMPLES - sum(len(m) for m in held_maps))])
+                if pooling != SPATIAL and hook.activation.dim() > 2 and kept_maps < RESIDUAL_MAX_SAMPLES:
+                    maps = channels_last(hook.activation[take.to(hook.activation.device)])
+                    held_maps.append(maps[:RESIDUAL_MAX_SAMPLES - kept_maps].float().cpu())
+                    kept_maps += held_maps[-1].shape[0]
             if streaming:
                 stats = stats or ConceptStatistics(pooled.shape[1])
                 stats.update(pooled[~take], labels[~take])

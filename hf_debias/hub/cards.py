@@ -328,7 +328,7 @@ def debias_model_card(config: DebiasConfig, *, repo_id: str, library: str, plain
         card_data.tags[3:3] = sorted({part["method"] for part in parts})
     cav_summary = _cav_summary(cav) if cav is not None else None
     shortcut_checks = _shortcut_checks(info)
-    evidence_note = _unproven_evidence_note(bool(shown_tcav), bool(info.artifact_relevance), bool(shortcut_checks))
+    evidence_note = unproven_evidence_note(info.metrics, bool(info.artifact_relevance))
     notes = [] if parts else shown.card_notes() if callable(getattr(shown, "card_notes", None)) else []
     return ModelCard.from_template(
         card_data, template_path=str(TEMPLATES / "debias_model_card.md"),
@@ -360,13 +360,7 @@ def unproven_evidence_note(metrics: Mapping[str, Mapping[str, Any]], has_relevan
     in ``metrics``, ``{split: {metric: value}}``) and / or R_bias (``has_relevance``) with no shortcut check (no
     split with clean and attacked accuracy); ``None`` when there is a shortcut check or neither figure."""
     has_tcav = any(key in TCAV_NOTES for values in metrics.values() for key in values)
-    return _unproven_evidence_note(has_tcav, has_relevance, bool(_clean_and_attacked(metrics)))
-
-
-def _unproven_evidence_note(has_tcav: bool, has_relevance: bool, has_shortcut_check: bool) -> str | None:
-    """``UNPROVEN_EVIDENCE_NOTE`` naming what was measured, when that is TCAV and / or R_bias without a shortcut
-    check; ``None`` otherwise."""
-    if has_shortcut_check or not (has_tcav or has_relevance):
+    if _clean_and_attacked(metrics) or not (has_tcav or has_relevance):
         return None
     evidence = " and ".join(name for name, shown in (("TCAV", has_tcav), ("R_bias", has_relevance)) if shown)
     return UNPROVEN_EVIDENCE_NOTE.format(evidence=f"The only evidence of the correction here is {evidence}: these")
