@@ -76,6 +76,14 @@ def test_the_flip_rate_measures_the_shortcut():
     assert fair["flip_rate"] == 0.0 and fair["transplanted_accuracy"] == fair["clean_accuracy"]
 
 
+@pytest.mark.parametrize("target_class", [3, -1, 1.5])
+def test_a_target_class_the_model_does_not_have_is_refused(target_class):
+    images, labels = two_class_images()
+    donors, masks = donors_with_patch()
+    with pytest.raises(ValueError, match=r"target_class must be a class id of the model, 0 to 2"):
+        artifact_transplant_check(CornerShortcut(), images, labels, donors, masks, target_class=target_class)
+
+
 @pytest.mark.parametrize("change,message", [
     (lambda i, d, m: (i, d[:, :, :4], m), r"one size"),
     (lambda i, d, m: (i, d, m[:2]), r"one per donor"),

@@ -54,10 +54,12 @@ def transplant_artifact(images: torch.Tensor, donors: torch.Tensor, donor_masks:
 
 
 @torch.no_grad()
-def _predict(model: nn.Module, images: torch.Tensor, batch_size: int) -> np.ndarray:
+def _predict(model: nn.Module, images: torch.Tensor, batch_size: int) -> tuple[np.ndarray, int]:
+    """Predicted class ids and the number of classes (the logits' width)."""
     device = model_device(model)
-    return torch.cat([logits_of(model(images[start:start + batch_size].to(device))).argmax(dim=1).cpu()
-                      for start in range(0, images.shape[0], batch_size)]).numpy()
+    logits = [logits_of(model(images[start:start + batch_size].to(device))).cpu()
+              for start in range(0, images.shape[0], batch_size)]
+    return torch.cat([batch.argmax(dim=1) for batch in logits]).numpy(), logits[0].shape[1]
 
 
 def artifact_transplant_check(model: nn.Module, images: torch.Tensor, labels, donors: torch.Tensor,
@@ -84,9 +86,13 @@ def artifact_transplant_check(model: nn.Module, images: torch.Tensor, labels, do
     was_training = model.training
     model.eval()
     try:
-        clean = _predict(model, images, batch_size)
+        clean, num_classes = _predict(model, images, batch_size)
+        if target_class is not None and not (isinstance(target_class, (int, np.integer))
+                                             and 0 <= target_class < num_classes):
+            raise ValueError(f"target_class must be a class id of the model, 0 to {num_classes - 1}; got "
+                             f"{target_class!r}.")
         transplanted = [_predict(model, transplant_artifact(images, donors, donor_masks, seed=seed + r)[0],
-                                 batch_size) for r in range(repeats)]
+                                 batch_size)[0] for r in range(repeats)]
     finally:
         model.train(was_training)
     result = {"clean_accuracy": float((clean == labels).mean()),
