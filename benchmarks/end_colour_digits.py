@@ -430,6 +430,8 @@ def main(argv: list[str] | None = None) -> dict:
                         help="train nothing: combine these result files (separate rho / method runs) into --output")
     add_common_arguments(parser, "end_colour_digits")  # --quick: one rho, seed and grid point, 2,000 images
     args = parser.parse_args(argv)
+    if args.pretrain_grey_epochs < 0:
+        parser.error(f"--pretrain-grey-epochs must be >= 0, got {args.pretrain_grey_epochs}.")
     if args.forms:
         forms = [form.strip() for form in args.forms.split(",") if form.strip()]
         unknown = sorted(set(forms) - set(METHOD_OF))
@@ -438,6 +440,8 @@ def main(argv: list[str] | None = None) -> dict:
         args.methods = [name for name in args.methods or [] if name == "vanilla"] + [METHOD_OF[form] for form in forms]
     elif args.methods is None:  # end_pseudo only when named (section 1's command stays as it was)
         args.methods = [name for name in METHODS if name != PSEUDO]
+    if args.layer is not None and set(args.methods) == {"vanilla"}:
+        parser.error("--layer is EnD's bottleneck; --methods vanilla trains no EnD.")
     if args.merge:
         results = {**header(args), **merge(args.merge)}
         table = markdown(results)
